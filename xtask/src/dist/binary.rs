@@ -56,7 +56,7 @@ fn cargo_home() -> Result<PathBuf> {
 /// a static executable without an ELF interpreter.
 pub fn install_stripped(built: &Path, dst: &Path) -> Result<()> {
     std::fs::copy(built, dst).with_context(|| format!("copying {} to {}", built.display(), dst.display()))?;
-    sh::run(Command::new("strip").args(["--strip-all"]).arg(dst)).context("stripping the binary")?;
+    sh::run(Command::new("strip").args(["--strip-all", "--remove-section=.comment"]).arg(dst)).context("stripping the binary")?;
     set_mode(dst, 0o755)?;
     check_static(dst)
 }
