@@ -11,7 +11,7 @@ mod checks;
 mod oci;
 mod packages;
 mod repro;
-mod sh;
+pub(crate) mod sh;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
