@@ -200,7 +200,7 @@ async fn last_seen_is_refreshed_at_the_heartbeat_only() {
         platform_changes += 1;
     }
     // With a 1 s heartbeat (whole seconds), 2.5 s hold two or three refreshes.
-    assert!(polls >= 15, "{polls} polls");
+    assert!(polls >= 10, "{polls} polls");
     assert!((2..=3).contains(&platform_changes), "{platform_changes} heartbeat writes across {polls} polls");
     assert!(doc(&store, "platforms", AGENT).unwrap()["last_seen"].as_u64().unwrap() >= first + 2);
     assert!(store.heads(&key).unwrap().is_some());
@@ -479,7 +479,9 @@ async fn node_b_sees_node_a_agent_state() {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
     let agent = AgentDouble::start_h2c(sample_agent()).await;
-    let key = "c2VjcmV0LXRlc3Qta2V5LWZvci1tZXNoLXN5bmMtMzJi";
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_peat-sidecar")).arg("keygen").output().unwrap();
+    let key = String::from_utf8(keygen.stdout).unwrap();
+    let key = key.trim();
     let mesh_a = format!("127.0.0.1:{}", support::sidecar::free_port());
     let a = Sidecar::start(
         dir_a.path(),

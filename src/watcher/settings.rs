@@ -92,6 +92,12 @@ impl WatcherConfig {
     }
 }
 
+/// Checks the `agent_*` settings (reading the TLS files) without starting
+/// anything; for `config check`, where the node id may not be known yet.
+pub fn check(settings: &Settings) -> anyhow::Result<()> {
+    WatcherConfig::from_settings(settings, settings.node_id.as_deref().unwrap_or("node-unset")).map(drop)
+}
+
 fn tls_settings_set(settings: &Settings) -> Vec<&'static str> {
     [
         ("`agent_tls_cert`", settings.agent_tls_cert.is_some()),
@@ -193,6 +199,12 @@ mod tests {
         s.agent_addr = None;
         let err = format!("{:#}", WatcherConfig::from_settings(&s, "n1").unwrap_err());
         assert!(err.contains("`agent_tls_ca`") && err.contains("`agent_addr`"), "{err}");
+    }
+
+    #[test]
+    fn check_works_without_a_node_id() {
+        assert!(check(&settings("http://127.0.0.1:8080")).is_ok());
+        assert!(check(&settings("gopher://x")).is_err());
     }
 
     #[test]

@@ -210,7 +210,14 @@ async fn handle(shared: Arc<Mutex<Shared>>, request: Request<Incoming>) -> Resul
         return Ok(json_response(Bytes::from_static(b"{\"packages\": [{\"name\": \"trunc")));
     }
     let message = match endpoint {
-        STATUS => data.status,
+        STATUS => {
+            let mut status = data.status;
+            // The agent reports its clock, so the body differs on every call.
+            if let Some(fields) = status.as_object_mut().filter(|f| f.contains_key("systemTime")) {
+                fields.insert("systemTime".into(), json!(clock()));
+            }
+            status
+        }
         LIST_PACKAGES if data.packages.is_empty() => json!({}),
         LIST_PACKAGES => json!({ "packages": data.packages }),
         _ if data.registries.is_empty() => json!({}),
