@@ -26,7 +26,7 @@ pub enum TransportError {
     Connect { addr: String, source: std::io::Error },
     #[error("TLS handshake with {addr}: {source}")]
     Tls { addr: String, source: std::io::Error },
-    #[error("HTTP/2: {0}")]
+    #[error("HTTP/2: {}", with_causes(.0))]
     Http2(#[from] hyper::Error),
     #[error("no response within {0:?}")]
     Timeout(Duration),
@@ -123,6 +123,18 @@ impl AgentConnection {
             }
         }
     }
+}
+
+/// The error and its causes, e.g. "connection error: received fatal alert: CertificateRequired".
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, TransportError>
