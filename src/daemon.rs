@@ -45,6 +45,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let node_id = store.node_id(settings.node_id.as_deref()).await?;
     let node = Arc::new(Node::new(node_id));
 
+    // UDS Remote Agent watcher: settings (and TLS files) are checked here, before READY.
+    let agent_watcher = crate::watcher::WatcherConfig::from_settings(&settings, &node.id)?
+        .map(|config| crate::watcher::Watcher::start(config, store.clone()));
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mesh = if mesh_options.listen.is_none()
         && mesh_options.peers.is_empty()
@@ -104,6 +108,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(agent_watcher) = agent_watcher {
+        agent_watcher.stop().await;
     }
     store.flush().await.context("flushing the store at shutdown")?;
     tracing::info!("stopped");

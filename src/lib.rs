@@ -15,6 +15,7 @@ pub mod node;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod watcher;
 
 /// Generated message types, service trait and client of `peat.sidecar.v1`.
 pub mod proto {
