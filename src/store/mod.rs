@@ -203,7 +203,11 @@ impl DocumentStore {
             let mut tx = doc.transaction();
             let data = data_object(&mut tx)?;
             json::reconcile_map(&mut tx, &data, content)?;
-            if is_deleted(&tx) {
+            // Reviving a deleted document, or creating one: the explicit flag
+            // also makes creating an empty document `{}` a real change that
+            // is persisted and synced (reconciling `{}` into the genesis
+            // document produces no other operation).
+            if is_deleted(&tx) || tx.get(ROOT, DELETED_KEY)?.is_none() {
                 tx.put(ROOT, DELETED_KEY, false)?;
             }
             Ok(tx.commit().0.is_some())
