@@ -1,10 +1,9 @@
 # The container image: only the static binary (and CA certificates for TLS
 # to the agent), with the entrypoint, numeric user, ports, volume and labels
 # of the image `cargo xtask dist` writes, so both images behave the same.
-{
-  pkgs,
-  peat-sidecar,
-  sourceDateEpoch,
+{ pkgs
+, peat-sidecar
+, sourceDateEpoch
 }:
 let
   inherit (pkgs) lib;

@@ -4,12 +4,11 @@
 # `salt` only exists for the reproducibility check: a non-empty salt makes a
 # second, independent derivation of the same build, whose output must be
 # bit-identical to the first.
-{
-  pkgs,
-  crane,
-  advisory-db,
-  root,
-  salt ? "",
+{ pkgs
+, crane
+, advisory-db
+, root
+, salt ? ""
 }:
 let
   inherit (pkgs) lib;
@@ -62,7 +61,7 @@ let
     # The binary package only; xtask is build tooling.
     cargoExtraArgs = "--locked --package peat-sidecar";
   }
-  // lib.optionalAttrs (salt != "") { REPRODUCIBILITY_SALT = salt; };
+    // lib.optionalAttrs (salt != "") { REPRODUCIBILITY_SALT = salt; };
 
   cargoArtifacts = craneLib.buildDepsOnly commonArgs;
 

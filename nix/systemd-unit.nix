@@ -2,16 +2,20 @@
 # runs the service with exactly the directives of the packaged unit
 # (packaging/peat-sidecar.service) instead of a second, drifting copy.
 #
-# Result: { Unit = { After = [ "a" "b" ]; ... }; Service = { ... }; ... }
+# Result: { Unit = { After = [ "a b" ]; ... }; Service = { ... }; ... }
 # where every key maps to the list of its assignments in file order
 # (systemd allows repeated keys; an empty assignment is kept as "").
-{ lib }:
+# Only builtins are used, so `cargo xtask nix-check` can evaluate it without
+# a nixpkgs checkout.
 text:
 let
   # A trailing backslash continues a directive on the next line.
   joined = builtins.replaceStrings [ "\\\n" ] [ " " ] text;
-  lines = map lib.trim (lib.splitString "\n" joined);
-  isComment = line: line == "" || lib.hasPrefix "#" line || lib.hasPrefix ";" line;
+  rawLines = builtins.filter builtins.isString (builtins.split "\n" joined);
+  trim = line: let m = builtins.match "[[:space:]]*(.*[^[:space:]])[[:space:]]*" line; in if m == null then "" else builtins.head m;
+  lines = map trim rawLines;
+
+  isComment = line: line == "" || builtins.substring 0 1 line == "#" || builtins.substring 0 1 line == ";";
   sectionOf = line: builtins.match "[[]([A-Za-z0-9-]+)[]]" line;
   directiveOf = line: builtins.match "([A-Za-z0-9]+)[[:space:]]*=[[:space:]]*(.*)" line;
 
@@ -39,14 +43,15 @@ let
     else
       throw "systemd unit: cannot read line `${line}`";
 
-  parsed = builtins.foldl' step {
-    current = null;
-    entries = [ ];
-  } lines;
+  parsed = builtins.foldl' step
+    {
+      current = null;
+      entries = [ ];
+    }
+    lines;
 
-  sections = lib.unique (map (e: e.section) parsed.entries);
-  entriesIn = section: builtins.filter (e: e.section == section) parsed.entries;
+  bySection = builtins.groupBy (e: e.section) parsed.entries;
 in
-lib.genAttrs sections (
-  section: lib.mapAttrs (_: map (e: e.value)) (builtins.groupBy (e: e.key) (entriesIn section))
-)
+builtins.mapAttrs
+  (_: entries: builtins.mapAttrs (_: map (e: e.value)) (builtins.groupBy (e: e.key) entries))
+  bySection

@@ -6,11 +6,10 @@
 # and a generated config file) and EnvironmentFile (the secrets file) are
 # replaced. Secrets never enter the Nix store: the settings refuse them, and
 # the environment file is typed as a path outside the store.
-{
-  config,
-  lib,
-  pkgs,
-  ...
+{ config
+, lib
+, pkgs
+, ...
 }:
 let
   cfg = config.services.peat-sidecar;
@@ -18,9 +17,7 @@ let
   defaultDataDir = "/var/lib/peat-sidecar";
   defaultMeshPort = 7420;
 
-  unit = import ../nix/systemd-unit.nix { inherit lib; } (
-    builtins.readFile ../packaging/peat-sidecar.service
-  );
+  unit = import ../nix/systemd-unit.nix (builtins.readFile ../packaging/peat-sidecar.service);
   # One assignment stays a plain value; repeated keys stay a list, which
   # NixOS renders as repeated lines, as in the packaged file.
   flatten = values: if builtins.length values == 1 then builtins.head values else values;
