@@ -34,6 +34,8 @@
       root = ./.;
       # File and package times: the last commit, as in the Nix-free build.
       sourceDateEpoch = self.lastModified or 1;
+      revision = self.rev or self.dirtyRev or "unknown";
+      cargoToml = builtins.fromTOML (builtins.readFile ./Cargo.toml);
 
       # The packaging recipe names its architecture through PEAT_PKG_ARCH or
       # not at all; without it, it describes amd64 packages only.
@@ -75,7 +77,9 @@
           # A higher release of the same build, for the upgrade step of the VM checks.
           deb-upgrade = osPackage "deb" "2";
           rpm-upgrade = osPackage "rpm" "2";
-          oci = import ./nix/oci.nix { inherit pkgs peat-sidecar sourceDateEpoch; };
+          oci = import ./nix/oci.nix {
+            inherit pkgs peat-sidecar cargoToml revision sourceDateEpoch;
+          };
         };
 
       perSystem = lib.genAttrs systems (

@@ -1,13 +1,18 @@
-# The container image: only the static binary (and CA certificates for TLS
-# to the agent), with the entrypoint, numeric user, ports, volume and labels
-# of the image `cargo xtask dist` writes, so both images behave the same.
+# The container image: only the static binary at /usr/bin/peat-sidecar and
+# the data volume's mount point owned by the runtime user, with the same
+# entrypoint, numeric user, environment, ports, volume, stop signal and
+# labels as the image `cargo xtask dist` writes. Package metadata comes from
+# Cargo.toml, as there.
 { pkgs
 , peat-sidecar
+, cargoToml
+, revision
 , sourceDateEpoch
 }:
 let
   inherit (pkgs) lib;
   inherit (peat-sidecar) version;
+  package = cargoToml.package;
 
   commitTime = import ./iso-date.nix sourceDateEpoch;
   uid = "65532";
@@ -22,30 +27,27 @@ pkgs.dockerTools.buildLayeredImage {
   created = commitTime;
   mtime = commitTime;
 
-  contents = [ pkgs.dockerTools.caCertificates ];
-
-  # The binary at the same path as in the packages and the Nix-free image,
-  # and a data directory the unprivileged user owns.
   extraCommands = ''
     mkdir -p usr/bin .${dataDir}
     cp ${lib.getExe peat-sidecar} usr/bin/peat-sidecar
+    chmod 0755 usr/bin/peat-sidecar
   '';
   fakeRootCommands = ''
     chown ${uid}:${uid} .${dataDir}
     chmod 0750 .${dataDir}
   '';
-  enableFakechroot = false;
 
   config = {
     Entrypoint = [ "/usr/bin/peat-sidecar" ];
     Cmd = [ "serve" ];
     User = "${uid}:${uid}";
     WorkingDir = dataDir;
+    StopSignal = "SIGTERM";
+    # Container defaults: reachable through published ports, data on the volume.
     Env = [
-      # Inside a container the API must be reachable through published ports.
+      "PATH=/usr/bin"
       "PEAT_SIDECAR_LISTEN=tcp://0.0.0.0:${apiPort}"
       "PEAT_SIDECAR_DATA_DIR=${dataDir}"
-      "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt"
     ];
     ExposedPorts = {
       "${apiPort}/tcp" = { };
@@ -56,11 +58,14 @@ pkgs.dockerTools.buildLayeredImage {
     };
     Labels = {
       "org.opencontainers.image.title" = "peat-sidecar";
-      "org.opencontainers.image.description" = peat-sidecar.meta.description;
+      "org.opencontainers.image.description" = package.description;
       "org.opencontainers.image.version" = version;
+      "org.opencontainers.image.revision" = revision;
       "org.opencontainers.image.created" = commitTime;
-      "org.opencontainers.image.licenses" = "Apache-2.0";
-      "org.opencontainers.image.source" = peat-sidecar.meta.homepage;
+      "org.opencontainers.image.source" = package.repository;
+      "org.opencontainers.image.url" = package.repository;
+      "org.opencontainers.image.licenses" = package.license;
+      "org.opencontainers.image.vendor" = "peat-sidecar";
     };
   };
 }
