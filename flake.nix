@@ -147,6 +147,12 @@
             cargo-fmt = built.rust.checks.fmt;
             cargo-nextest = built.rust.checks.nextest;
             cargo-audit = built.rust.checks.audit;
+            # The evaluation tests `cargo xtask nix-check` runs, here with nixpkgs' own lib.
+            nix-lock = pkgs.writeText "lock-check.json" (builtins.toJSON (import ./nix/tests/lock-check.nix));
+            nix-helpers = pkgs.writeText "pure-eval.json" (builtins.toJSON (import ./nix/tests/pure-eval.nix));
+            nixos-module-eval = pkgs.writeText "module-eval.json" (
+              builtins.toJSON (import ./nix/tests/module-eval.nix { inherit lib; }).expectations
+            );
             nixos-two-node = import ./nix/tests/nixos-two-node.nix {
               inherit pkgs;
               inherit (built) peat-sidecar;

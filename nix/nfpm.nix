@@ -41,6 +41,6 @@ pkgs.runCommand "peat-sidecar-${peat-sidecar.version}-${release}-${packager}"
     gzip -9 --no-name "$PEAT_PKG_GENERATED/peat-sidecar.1"
 
     mkdir -p "$out"
-    cd ${packagingSrc}
+    cd ${packagingSrc} || exit 1
     nfpm package --config packaging/nfpm.yaml --packager ${packager} --target "$out/"
   ''

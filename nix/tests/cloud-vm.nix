@@ -12,7 +12,6 @@
 , guestCheck
 }:
 let
-  inherit (pkgs) lib;
   baseImage = pkgs.fetchurl {
     name = "${name}-cloudimg.qcow2";
     inherit (image) url hash;
@@ -31,10 +30,19 @@ pkgs.runCommand "peat-sidecar-vm-${name}"
 }
   ''
     set -eu
-    ssh_opts="-F /dev/null -i $PWD/id -o StrictHostKeyChecking=no
-      -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR"
-    guest() { ssh $ssh_opts -p ${sshPort} checker@127.0.0.1 "$@"; }
-    to_guest() { scp $ssh_opts -P ${sshPort} "$@"; }
+    cat > ssh_config <<EOF
+    Host vm
+      HostName 127.0.0.1
+      Port ${sshPort}
+      User checker
+      IdentityFile $PWD/id
+      StrictHostKeyChecking no
+      UserKnownHostsFile /dev/null
+      ConnectTimeout 5
+      LogLevel ERROR
+    EOF
+    guest() { ssh -F ssh_config vm "$@"; }
+    to_guest() { scp -F ssh_config "$@"; }
 
     ssh-keygen -q -t ed25519 -N "" -f id
     printf 'instance-id: peat-check\nlocal-hostname: peat-check\n' > meta-data
@@ -55,7 +63,7 @@ pkgs.runCommand "peat-sidecar-vm-${name}"
     # A copy-on-write overlay: the pinned image in the store stays untouched.
     qemu-img create -q -f qcow2 -F qcow2 -b ${baseImage} disk.qcow2 10G
 
-    qemu-kvm -machine accel=kvm -cpu host -m 2048 -smp 2 -nographic \
+    qemu-system-x86_64 -machine accel=kvm -cpu host -m 2048 -smp 2 -nographic \
       -drive file=disk.qcow2,if=virtio \
       -drive file=seed.iso,if=virtio,media=cdrom,readonly=on \
       -netdev user,id=net0,hostfwd=tcp:127.0.0.1:${sshPort}-:22 \
@@ -76,16 +84,17 @@ pkgs.runCommand "peat-sidecar-vm-${name}"
     guest sudo cloud-init status --wait > /dev/null || true
 
     guest mkdir -p /tmp/peat-check/install /tmp/peat-check/upgrade
-    to_guest ${guestCheck} checker@127.0.0.1:/tmp/peat-check/guest-check.sh
-    to_guest ${packages.install}/* checker@127.0.0.1:/tmp/peat-check/install/
-    to_guest ${packages.upgrade}/* checker@127.0.0.1:/tmp/peat-check/upgrade/
+    to_guest ${guestCheck} vm:/tmp/peat-check/guest-check.sh
+    to_guest ${packages.install}/* vm:/tmp/peat-check/install/
+    to_guest ${packages.upgrade}/* vm:/tmp/peat-check/upgrade/
 
     install_pkg=$(cd ${packages.install} && ls)
     upgrade_pkg=$(cd ${packages.upgrade} && ls)
     echo "running guest-check.sh on ${name}"
     status=0
-    guest sudo sh /tmp/peat-check/guest-check.sh ${lib.escapeShellArg image.family} \
-      "/tmp/peat-check/install/$install_pkg" "/tmp/peat-check/upgrade/$upgrade_pkg" || status=$?
+    # The interface `cargo xtask vm-test` uses: KIND FIRST-PACKAGE NEWER-PACKAGE.
+    guest "cd /tmp/peat-check && sudo sh ./guest-check.sh ${image.family} \
+      /tmp/peat-check/install/$install_pkg /tmp/peat-check/upgrade/$upgrade_pkg" || status=$?
     guest sudo systemctl poweroff || true
     if [ "$status" -ne 0 ]; then
       echo "guest-check.sh failed on ${name} (exit $status)"; exit "$status"

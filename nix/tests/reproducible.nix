@@ -30,7 +30,9 @@ pkgs.runCommand "peat-sidecar-reproducible"
       fi
     }
     ${lib.concatMapStrings compare (builtins.attrNames first)}
-    [ "$status" -eq 0 ]
+    if [ "$status" -ne 0 ]; then
+      echo "the two builds differ: the artifacts are not reproducible"; exit 1
+    fi
     mkdir -p "$out"
-    ${lib.concatMapStrings (kind: "digests ${first.${kind}} > $out/${kind}.sha256\n") (builtins.attrNames first)}
+    ${lib.concatMapStrings (kind: "digests ${first.${kind}} > \"$out/${kind}.sha256\"\n") (builtins.attrNames first)}
   ''
