@@ -172,7 +172,6 @@
           devShells.default = pkgs.mkShell {
             packages = [
               built.rust.toolchain
-              built.rust.muslCc
               pkgs.protobuf
               pkgs.nfpm
               pkgs.qemu
@@ -183,7 +182,8 @@
               pkgs.shellcheck
             ];
             # `cargo build --target <musl>` links and compiles C the way the
-            # package does; plain `cargo build` stays a native build.
+            # package does (musl compiler by absolute path, so $CC stays the
+            # native one); plain `cargo build` stays a native build.
             env = removeAttrs built.rust.buildEnv [
               "CARGO_BUILD_TARGET"
               "CARGO_BUILD_RUSTFLAGS"

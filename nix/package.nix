@@ -54,10 +54,10 @@ let
     inherit src;
     inherit (crateInfo) pname version;
     strictDeps = true;
-    nativeBuildInputs = [
-      pkgs.protobuf
-      muslCc
-    ];
+    # The musl compiler is reached through CC_<target> and the linker
+    # variable only: as a nativeBuildInput its setup hook would export CC and
+    # turn every native C compilation (build scripts) into a musl one.
+    nativeBuildInputs = [ pkgs.protobuf ];
     # The binary package only; xtask is build tooling.
     cargoExtraArgs = "--locked --package peat-sidecar";
   }
@@ -85,12 +85,7 @@ let
   );
 in
 {
-  inherit
-    peat-sidecar
-    toolchain
-    buildEnv
-    muslCc
-    ;
+  inherit peat-sidecar toolchain buildEnv;
 
   checks = {
     clippy = craneLib.cargoClippy (
