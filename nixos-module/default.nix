@@ -38,11 +38,20 @@ let
   renderedSettings = lib.filterAttrsRecursive (_: value: value != null) cfg.settings;
   settingsFile = settingsFormat.generate "peat-sidecar.yaml" renderedSettings;
   # The daemon rejects unknown keys; checking at build time turns a typo in
-  # `settings` into an evaluation-time build error instead of a failed unit.
+  # `settings` into a build error instead of a failed unit. Secret files are
+  # left out of the checked copy: `config check` reads them, and they exist
+  # only on the running host.
+  secretFileKeys = [
+    "shared_key_file"
+    "encryption_key_file"
+  ];
+  checkedSettingsFile = settingsFormat.generate "peat-sidecar-check.yaml" (
+    removeAttrs renderedSettings secretFileKeys
+  );
   configFile =
     if cfg.checkConfig then
       pkgs.runCommand "peat-sidecar-config.yaml" { } ''
-        env -i ${lib.getExe cfg.package} --config ${settingsFile} config check > /dev/null
+        env -i ${lib.getExe cfg.package} --config ${checkedSettingsFile} config check > /dev/null
         cp ${settingsFile} $out
       ''
     else
