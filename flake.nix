@@ -85,10 +85,7 @@
       perSystem = lib.genAttrs systems (
         system:
         let
-          pkgs = import nixpkgs {
-            inherit system;
-            overlays = [ rust-overlay.overlays.default ];
-          };
+          pkgs = nixpkgs.legacyPackages.${system}.extend rust-overlay.overlays.default;
           built = artifactsFor pkgs "";
           rebuilt = artifactsFor pkgs "second-build";
           isX86 = pkgs.stdenv.hostPlatform.isx86_64;
@@ -150,6 +147,9 @@
             # The evaluation tests `cargo xtask nix-check` runs, here with nixpkgs' own lib.
             nix-lock = pkgs.writeText "lock-check.json" (builtins.toJSON (import ./nix/tests/lock-check.nix));
             nix-helpers = pkgs.writeText "pure-eval.json" (builtins.toJSON (import ./nix/tests/pure-eval.nix));
+            nix-wiring = pkgs.writeText "flake-wiring.json" (
+              builtins.toJSON (import ./nix/tests/flake-wiring.nix { inherit lib; })
+            );
             nixos-module-eval = pkgs.writeText "module-eval.json" (
               builtins.toJSON (import ./nix/tests/module-eval.nix { inherit lib; }).expectations
             );

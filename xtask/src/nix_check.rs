@@ -7,7 +7,8 @@
 //! (systemd unit reader over the packaged unit, commit-time formatting)
 //! evaluate to their expected results. With `--nixpkgs-lib DIR` (or
 //! `NIXPKGS_LIB=DIR`) the NixOS module is also evaluated with
-//! `lib.evalModules`. It never builds anything: building needs nixpkgs.
+//! `lib.evalModules`, and flake.nix's outputs with stand-in packages. It
+//! never builds anything: building needs nixpkgs.
 //!
 //! Missing tools are installed: Debian's `nix-bin` with apt, and pinned
 //! `deadnix`/`nixpkgs-fmt` with `cargo install --locked` into ~/.cargo/bin,
@@ -43,36 +44,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     report.stage("nix-instantiate --parse", || {
         for file in &files {
-            run_quiet(
-                Command::new("nix-instantiate")
-                    .arg("--parse")
-                    .arg(file)
-                    .current_dir(&root),
-            )
-            .with_context(|| format!("{} does not parse", file.display()))?;
+            run_quiet(Command::new("nix-instantiate").arg("--parse").arg(file).current_dir(&root))
+                .with_context(|| format!("{} does not parse", file.display()))?;
         }
         Ok(format!("{} files parse", files.len()))
     })?;
 
     report.stage("deadnix --fail", || {
-        run_shown(
-            Command::new(cargo_bin("deadnix"))
-                .arg("--fail")
-                .args(&files)
-                .current_dir(&root),
-        )
-        .context("deadnix found unused bindings (fix them; `deadnix --edit` can)")?;
+        run_shown(Command::new(cargo_bin("deadnix")).arg("--fail").args(&files).current_dir(&root))
+            .context("deadnix found unused bindings (fix them; `deadnix --edit` can)")?;
         Ok("no unused code".into())
     })?;
 
     report.stage("nixpkgs-fmt --check", || {
-        run_shown(
-            Command::new(cargo_bin("nixpkgs-fmt"))
-                .arg("--check")
-                .args(&files)
-                .current_dir(&root),
-        )
-        .context("files are not formatted (run `nixpkgs-fmt .` or `nix fmt`)")?;
+        run_shown(Command::new(cargo_bin("nixpkgs-fmt")).arg("--check").args(&files).current_dir(&root))
+            .context("files are not formatted (run `nixpkgs-fmt .` or `nix fmt`)")?;
         Ok("formatted".into())
     })?;
 
@@ -86,20 +72,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Ok(format!("{checked} evaluation checks hold"))
     })?;
 
-    match nixpkgs_lib {
-        Some(lib_dir) => report.stage("NixOS module (lib.evalModules)", || {
+    // These two need nixpkgs' lib (lib.evalModules, lib.genAttrs, ...), which
+    // no registry ships; they run when one is given.
+    let needs_lib = "needs a nixpkgs lib/ directory: --nixpkgs-lib DIR or NIXPKGS_LIB=DIR";
+    match &nixpkgs_lib {
+        Some(lib_dir) => {
             let lib_expr = format!("import {}", lib_dir.display());
-            let checked = eval_list(
-                &root,
-                "nix/tests/module-eval.nix",
-                &["-A", "expectations", "--arg", "lib", &lib_expr],
-            )?;
-            Ok(format!("{checked} module expectations hold"))
-        })?,
-        None => report.not_run(
-            "NixOS module (lib.evalModules)",
-            "needs a nixpkgs lib/ directory: --nixpkgs-lib DIR or NIXPKGS_LIB=DIR",
-        ),
+            report.stage("NixOS module (lib.evalModules)", || {
+                let args = ["-A", "expectations", "--arg", "lib", &lib_expr];
+                let checked = eval_list(&root, "nix/tests/module-eval.nix", &args)?;
+                Ok(format!("{checked} module expectations hold"))
+            })?;
+            report.stage("flake outputs wiring", || {
+                let checked = eval_list(&root, "nix/tests/flake-wiring.nix", &["--arg", "lib", &lib_expr])?;
+                Ok(format!("{checked} wiring checks hold"))
+            })?;
+        }
+        None => {
+            report.not_run("NixOS module (lib.evalModules)", needs_lib);
+            report.not_run("flake outputs wiring", needs_lib);
+        }
     }
 
     report.print();
@@ -112,9 +104,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<PathBuf>> {
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--nixpkgs-lib" => {
-                let dir = rest
-                    .next()
-                    .with_context(|| format!("--nixpkgs-lib needs a directory\n{USAGE}"))?;
+                let dir = rest.next().with_context(|| format!("--nixpkgs-lib needs a directory\n{USAGE}"))?;
                 lib_dir = Some(PathBuf::from(dir));
             }
             "-h" | "--help" => {
@@ -125,13 +115,9 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<PathBuf>> {
         }
     }
     if let Some(dir) = &lib_dir {
-        let dir = std::fs::canonicalize(dir)
-            .with_context(|| format!("nixpkgs lib directory {}", dir.display()))?;
+        let dir = std::fs::canonicalize(dir).with_context(|| format!("nixpkgs lib directory {}", dir.display()))?;
         if !dir.join("default.nix").is_file() {
-            bail!(
-                "{} has no default.nix: point --nixpkgs-lib at nixpkgs' lib/ directory",
-                dir.display()
-            );
+            bail!("{} has no default.nix: point --nixpkgs-lib at nixpkgs' lib/ directory", dir.display());
         }
         return Ok(Some(dir));
     }
@@ -140,9 +126,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<PathBuf>> {
 
 fn repo_root() -> anyhow::Result<PathBuf> {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir
-        .parent()
-        .context("xtask has no parent directory")?;
+    let root = manifest_dir.parent().context("xtask has no parent directory")?;
     if !root.join("flake.nix").is_file() {
         bail!("{} has no flake.nix", root.display());
     }
@@ -152,22 +136,12 @@ fn repo_root() -> anyhow::Result<PathBuf> {
 /// Every tracked or new (not ignored) `.nix` file, relative to the root.
 fn nix_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let output = Command::new("git")
-        .args([
-            "ls-files",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-            "--",
-            "*.nix",
-        ])
+        .args(["ls-files", "--cached", "--others", "--exclude-standard", "--", "*.nix"])
         .current_dir(root)
         .output()
         .context("listing .nix files with git")?;
     if !output.status.success() {
-        bail!(
-            "git ls-files failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("git ls-files failed: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     let mut files: Vec<PathBuf> = String::from_utf8(output.stdout)
         .context("git ls-files printed non-UTF-8 paths")?
@@ -187,12 +161,8 @@ fn ensure_nix_bin() -> anyhow::Result<()> {
     println!("nix-instantiate not found: installing Debian's nix-bin");
     // Wait for a dpkg lock held by another apt run rather than failing.
     let lock_wait = ["-o", "DPkg::Lock::Timeout=600"];
-    run_shown(
-        Command::new("apt-get")
-            .args(lock_wait)
-            .args(["update", "-q"]),
-    )
-    .context("apt-get update (installing nix-bin needs root and Debian's mirror)")?;
+    run_shown(Command::new("apt-get").args(lock_wait).args(["update", "-q"]))
+        .context("apt-get update (installing nix-bin needs root and Debian's mirror)")?;
     run_shown(
         Command::new("apt-get")
             .args(lock_wait)
@@ -260,17 +230,11 @@ fn eval_list(root: &Path, file: &str, extra: &[&str]) -> anyhow::Result<usize> {
 }
 
 fn works(command: &mut Command) -> bool {
-    command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    command.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn run_quiet(command: &mut Command) -> anyhow::Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("starting {command:?}"))?;
+    let output = command.output().with_context(|| format!("starting {command:?}"))?;
     if !output.status.success() {
         bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
     }
@@ -278,9 +242,7 @@ fn run_quiet(command: &mut Command) -> anyhow::Result<()> {
 }
 
 fn run_shown(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("starting {command:?}"))?;
+    let status = command.status().with_context(|| format!("starting {command:?}"))?;
     if !status.success() {
         bail!("{command:?} exited with {status}");
     }
@@ -294,11 +256,7 @@ struct Report {
 }
 
 impl Report {
-    fn stage(
-        &mut self,
-        name: &str,
-        body: impl FnOnce() -> anyhow::Result<String>,
-    ) -> anyhow::Result<()> {
+    fn stage(&mut self, name: &str, body: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
         println!("==> nix-check: {name}");
         let started = Instant::now();
         let result = body();
@@ -310,8 +268,7 @@ impl Report {
                 Ok(())
             }
             Err(err) => {
-                self.rows
-                    .push((name.to_owned(), "FAILED", elapsed, format!("{err:#}")));
+                self.rows.push((name.to_owned(), "FAILED", elapsed, format!("{err:#}")));
                 self.print();
                 Err(err.context(format!("stage `{name}`")))
             }
@@ -320,8 +277,7 @@ impl Report {
 
     fn not_run(&mut self, name: &str, why: &str) {
         println!("==> nix-check: {name}: not run ({why})");
-        self.rows
-            .push((name.to_owned(), "not run", Duration::ZERO, why.to_owned()));
+        self.rows.push((name.to_owned(), "not run", Duration::ZERO, why.to_owned()));
     }
 
     fn print(&self) {
@@ -329,10 +285,7 @@ impl Report {
         let width = self.rows.iter().map(|row| row.0.len()).max().unwrap_or(0);
         for (name, outcome, elapsed, detail) in &self.rows {
             let detail = detail.lines().next().unwrap_or_default();
-            println!(
-                "  {name:<width$}  {outcome:<7}  {:>6.1}s  {detail}",
-                elapsed.as_secs_f64()
-            );
+            println!("  {name:<width$}  {outcome:<7}  {:>6.1}s  {detail}", elapsed.as_secs_f64());
         }
         let total: Duration = self.rows.iter().map(|row| row.2).sum();
         let passed = self.rows.iter().filter(|row| row.1 == "ok").count();
