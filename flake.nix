@@ -23,7 +23,6 @@
     , crane
     , rust-overlay
     , advisory-db
-    ,
     }:
     let
       inherit (nixpkgs) lib;
