@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod listen;
 pub mod logging;
+pub mod mesh;
 pub mod node;
 pub mod server;
 pub mod store;
