@@ -224,7 +224,7 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
         if outcome.status != Some(0) {
             bail!("smoke boot failed: {}", guest::explain(&outcome));
         }
-        println!("guest ran its job {:.1} s after qemu started", outcome.seconds);
+        println!("guest booted, ran its job and powered off in {:.1} s", outcome.seconds);
         Ok(())
     })?;
     for (name, secs) in timings.iter() {
