@@ -152,10 +152,7 @@ impl Settings {
     }
 
     /// Reads every layer, taking environment variables from `env`.
-    pub fn load_from(
-        args: &SettingsArgs,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> anyhow::Result<Self> {
+    pub fn load_from(args: &SettingsArgs, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
         let known = known_keys();
         let mut builder = config::Config::builder();
 
@@ -164,8 +161,8 @@ impl Settings {
             None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
         };
         if required || file.exists() {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading config file {}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading config file {}", file.display()))?;
             check_file_keys(&text, &file, &known)?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Yaml));
         }
@@ -199,10 +196,7 @@ impl Settings {
             ("app_id", args.app_id.clone().map(Into::into)),
             ("shared_key", args.shared_key.clone().map(Into::into)),
             ("shared_key_file", args.shared_key_file.as_ref().map(|p| p.display().to_string().into())),
-            (
-                "encryption_key_file",
-                args.encryption_key_file.as_ref().map(|p| p.display().to_string().into()),
-            ),
+            ("encryption_key_file", args.encryption_key_file.as_ref().map(|p| p.display().to_string().into())),
             ("mesh_listen", args.mesh_listen.clone().map(Into::into)),
             ("auto_sync", args.auto_sync.map(Into::into)),
             (
@@ -225,11 +219,8 @@ impl Settings {
             builder = builder.set_override("peers", args.peers.clone())?;
         }
 
-        let settings: Settings = builder
-            .build()
-            .context("assembling configuration")?
-            .try_deserialize()
-            .context("invalid configuration")?;
+        let settings: Settings =
+            builder.build().context("assembling configuration")?.try_deserialize().context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
     }
@@ -304,21 +295,16 @@ impl Settings {
 
     /// The at-rest encryption key, decoded: inline or from `encryption_key_file`.
     pub fn encryption_key(&self) -> anyhow::Result<Option<[u8; 32]>> {
-        let Some(secret) =
-            read_secret(&self.encryption_key, &self.encryption_key_file, "encryption_key_file")?
-        else {
+        let Some(secret) = read_secret(&self.encryption_key, &self.encryption_key_file, "encryption_key_file")? else {
             return Ok(None);
         };
-        crate::store::crypto::decode_key(secret.expose())
-            .map(Some)
-            .context("setting `encryption_key`")
+        crate::store::crypto::decode_key(secret.expose()).map(Some).context("setting `encryption_key`")
     }
 
     /// The effective settings as YAML, secrets redacted.
     pub fn to_redacted_yaml(&self) -> String {
         let value = serde_json::to_value(self).expect("settings serialise");
-        let sorted: BTreeMap<String, serde_json::Value> =
-            serde_json::from_value(value).expect("settings are a map");
+        let sorted: BTreeMap<String, serde_json::Value> = serde_json::from_value(value).expect("settings are a map");
         let mut out = String::new();
         for (key, value) in sorted {
             let rendered = match value {
@@ -332,17 +318,13 @@ impl Settings {
     }
 }
 
-fn read_secret(
-    inline: &Option<Secret>,
-    file: &Option<PathBuf>,
-    file_key: &str,
-) -> anyhow::Result<Option<Secret>> {
+fn read_secret(inline: &Option<Secret>, file: &Option<PathBuf>, file_key: &str) -> anyhow::Result<Option<Secret>> {
     if let Some(secret) = inline {
         return Ok(Some(secret.clone()));
     }
     let Some(path) = file else { return Ok(None) };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("setting `{file_key}`: reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("setting `{file_key}`: reading {}", path.display()))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         bail!("setting `{file_key}`: {} is empty", path.display());
@@ -360,11 +342,7 @@ fn check_file_keys(text: &str, path: &Path, known: &[String]) -> anyhow::Result<
         serde_json::Value::Object(map) => {
             for key in map.keys() {
                 if !known.iter().any(|k| k == key) {
-                    bail!(
-                        "config file {}: unknown key `{key}` (known keys: {})",
-                        path.display(),
-                        known.join(", ")
-                    );
+                    bail!("config file {}: unknown key `{key}` (known keys: {})", path.display(), known.join(", "));
                 }
             }
             Ok(())
@@ -398,9 +376,7 @@ mod duration_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        parse(&text).ok_or_else(|| {
-            D::Error::custom(format!("`{text}` is not a duration such as 500ms, 10s, 5m or 1h"))
-        })
+        parse(&text).ok_or_else(|| D::Error::custom(format!("`{text}` is not a duration such as 500ms, 10s, 5m or 1h")))
     }
 
     pub fn parse(text: &str) -> Option<Duration> {

@@ -1,0 +1,326 @@
+//! The application API: the `peat.sidecar.v1.PeatSidecar` service.
+//!
+//! Translates requests into store (and mesh) calls and store errors into
+//! Connect/gRPC status codes. Validation happens in the store, so every path
+//! into it is checked the same way; this layer only adds request-shape checks.
+
+pub mod typed;
+
+use std::sync::Arc;
+
+use connectrpc::{ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream};
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
+
+use crate::node::{Node, Phase};
+use crate::proto::peat::sidecar::v1::*;
+use crate::store::{DocumentStore, StoreError, validate};
+use typed::TypedDocument;
+
+/// The API service; one instance serves every connection.
+pub struct Api {
+    store: DocumentStore,
+    node: Arc<Node>,
+    /// Ends open `Subscribe` streams at shutdown so draining does not wait on them.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Api {
+    pub fn new(store: DocumentStore, node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { store, node, shutdown }
+    }
+
+    async fn put_typed<T: TypedDocument>(&self, message: Option<&T>) -> Result<(), ConnectError> {
+        let message = message.ok_or_else(|| ConnectError::invalid_argument(format!("{}: required", T::FIELD)))?;
+        validate::doc_id(message.id())
+            .map_err(|e| ConnectError::invalid_argument(format!("{}.id: {}", T::FIELD, e.message)))?;
+        let content = typed::to_document(message);
+        let key = crate::store::DocKey::new(T::COLLECTION, message.id());
+        self.store.put_map(key, &content).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    fn get_typed<T: TypedDocument>(&self) -> Result<Vec<T>, ConnectError> {
+        let docs = self.store.list_json(T::COLLECTION).map_err(store_error)?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|(doc_id, json)| match typed::from_document::<T>(&doc_id, &json) {
+                Ok(message) => Some(message),
+                Err(err) => {
+                    tracing::warn!(collection = T::COLLECTION, doc_id, error = %err, "skipping a document that does not parse as its collection's type");
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+/// Maps store failures onto status codes; internal details are logged, not leaked.
+pub fn store_error(err: StoreError) -> ConnectError {
+    match err {
+        StoreError::Invalid(invalid) => ConnectError::invalid_argument(invalid.to_string()),
+        StoreError::NotDurable(e) => ConnectError::unavailable(e.to_string()),
+        StoreError::Corrupt { .. } => {
+            tracing::error!(error = %err, "corrupt data in the store");
+            ConnectError::new(connectrpc::ErrorCode::DataLoss, err.to_string())
+        }
+        other => {
+            tracing::error!(error = %other, "store failure");
+            ConnectError::internal("the document store failed; see the sidecar's log")
+        }
+    }
+}
+
+fn proto_phase(phase: Phase) -> NodePhase {
+    match phase {
+        Phase::Initializing => NodePhase::NODE_PHASE_INITIALIZING,
+        Phase::Ready => NodePhase::NODE_PHASE_READY,
+        Phase::Syncing => NodePhase::NODE_PHASE_SYNCING,
+        Phase::ShuttingDown => NodePhase::NODE_PHASE_SHUTTING_DOWN,
+    }
+}
+
+#[allow(refining_impl_trait_internal, refining_impl_trait_reachable)]
+impl PeatSidecar for Api {
+    async fn get_status(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, GetStatusRequest>,
+    ) -> ServiceResult<GetStatusResponse> {
+        Response::ok(GetStatusResponse {
+            node_id: self.node.id.clone(),
+            endpoint_addr: String::new(),
+            sync_active: false,
+            connected_peers: 0,
+            phase: proto_phase(self.node.phase()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn connect_peer(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, ConnectPeerRequest>,
+    ) -> ServiceResult<ConnectPeerResponse> {
+        Err(ConnectError::unimplemented("the mesh is not available in this build"))
+    }
+
+    async fn disconnect_peer(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, DisconnectPeerRequest>,
+    ) -> ServiceResult<DisconnectPeerResponse> {
+        Err(ConnectError::not_found(format!("endpoint_id: no peer {:?}", req.endpoint_id)))
+    }
+
+    async fn list_peers(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, ListPeersRequest>,
+    ) -> ServiceResult<ListPeersResponse> {
+        Response::ok(ListPeersResponse::default())
+    }
+
+    async fn put_document(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, PutDocumentRequest>,
+    ) -> ServiceResult<PutDocumentResponse> {
+        self.store.put_json(req.collection, req.doc_id, req.json_data).await.map_err(store_error)?;
+        Response::ok(PutDocumentResponse::default())
+    }
+
+    async fn get_document(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, GetDocumentRequest>,
+    ) -> ServiceResult<GetDocumentResponse> {
+        let json_data = self.store.get(req.collection, req.doc_id).map_err(store_error)?;
+        Response::ok(GetDocumentResponse { json_data, ..Default::default() })
+    }
+
+    async fn delete_document(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, DeleteDocumentRequest>,
+    ) -> ServiceResult<DeleteDocumentResponse> {
+        self.store.delete(req.collection, req.doc_id).await.map_err(store_error)?;
+        Response::ok(DeleteDocumentResponse::default())
+    }
+
+    async fn list_documents(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, ListDocumentsRequest>,
+    ) -> ServiceResult<ListDocumentsResponse> {
+        let doc_ids = self.store.list(req.collection).map_err(store_error)?;
+        Response::ok(ListDocumentsResponse { doc_ids, ..Default::default() })
+    }
+
+    async fn put_platform(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, PutPlatformRequest>,
+    ) -> ServiceResult<PutPlatformResponse> {
+        let req = req.to_owned_message();
+        self.put_typed(req.platform.as_option()).await?;
+        Response::ok(PutPlatformResponse::default())
+    }
+
+    async fn get_platforms(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, GetPlatformsRequest>,
+    ) -> ServiceResult<GetPlatformsResponse> {
+        Response::ok(GetPlatformsResponse { platforms: self.get_typed()?, ..Default::default() })
+    }
+
+    async fn put_cell(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, PutCellRequest>,
+    ) -> ServiceResult<PutCellResponse> {
+        let req = req.to_owned_message();
+        self.put_typed(req.cell.as_option()).await?;
+        Response::ok(PutCellResponse::default())
+    }
+
+    async fn get_cells(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, GetCellsRequest>,
+    ) -> ServiceResult<GetCellsResponse> {
+        Response::ok(GetCellsResponse { cells: self.get_typed()?, ..Default::default() })
+    }
+
+    async fn put_track(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, PutTrackRequest>,
+    ) -> ServiceResult<PutTrackResponse> {
+        let req = req.to_owned_message();
+        self.put_typed(req.track.as_option()).await?;
+        Response::ok(PutTrackResponse::default())
+    }
+
+    async fn get_tracks(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, GetTracksRequest>,
+    ) -> ServiceResult<GetTracksResponse> {
+        Response::ok(GetTracksResponse { tracks: self.get_typed()?, ..Default::default() })
+    }
+
+    async fn put_command(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, PutCommandRequest>,
+    ) -> ServiceResult<PutCommandResponse> {
+        let req = req.to_owned_message();
+        self.put_typed(req.command.as_option()).await?;
+        Response::ok(PutCommandResponse::default())
+    }
+
+    async fn get_commands(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, GetCommandsRequest>,
+    ) -> ServiceResult<GetCommandsResponse> {
+        Response::ok(GetCommandsResponse { commands: self.get_typed()?, ..Default::default() })
+    }
+
+    async fn subscribe(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, SubscribeRequest>,
+    ) -> ServiceResult<ServiceStream<DocumentChange>> {
+        let mut collections = Vec::new();
+        for name in req.collections.iter() {
+            validate::collection(name)
+                .map_err(|e| ConnectError::invalid_argument(format!("collections: {}", e.message)))?;
+            collections.push(name.to_string());
+        }
+        let feed = self.store.subscribe();
+        let shutdown = self.shutdown.clone();
+        Response::stream_ok(change_stream(feed, collections, shutdown))
+    }
+
+    async fn start_sync(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, StartSyncRequest>,
+    ) -> ServiceResult<StartSyncResponse> {
+        Err(ConnectError::failed_precondition("the mesh is not available in this build"))
+    }
+
+    async fn stop_sync(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, StopSyncRequest>,
+    ) -> ServiceResult<StopSyncResponse> {
+        Err(ConnectError::failed_precondition("the mesh is not available in this build"))
+    }
+
+    async fn get_sync_stats(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, GetSyncStatsRequest>,
+    ) -> ServiceResult<GetSyncStatsResponse> {
+        Response::ok(GetSyncStatsResponse::default())
+    }
+}
+
+/// The `Subscribe` stream: feed entries of the chosen collections until the
+/// client goes away, the node shuts down, or the subscriber falls so far
+/// behind that the bounded feed dropped changes (then `resource_exhausted`).
+fn change_stream(
+    feed: broadcast::Receiver<crate::store::DocumentChange>,
+    collections: Vec<String>,
+    shutdown: watch::Receiver<bool>,
+) -> impl futures::Stream<Item = Result<DocumentChange, ConnectError>> + Send + 'static {
+    struct State {
+        feed: broadcast::Receiver<crate::store::DocumentChange>,
+        collections: Vec<String>,
+        shutdown: watch::Receiver<bool>,
+        done: bool,
+    }
+    futures::stream::unfold(State { feed, collections, shutdown, done: false }, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            let received = tokio::select! {
+                received = s.feed.recv() => received,
+                _ = s.shutdown.wait_for(|stop| *stop) => return None,
+            };
+            match received {
+                Ok(change) => {
+                    if !s.collections.is_empty() && !s.collections.contains(&change.key.collection) {
+                        continue;
+                    }
+                    let (change_type, json_data) = match change.json {
+                        Some(json) => (ChangeType::CHANGE_TYPE_UPSERT, Some(json.to_string())),
+                        None => (ChangeType::CHANGE_TYPE_DELETE, None),
+                    };
+                    let message = DocumentChange {
+                        collection: change.key.collection,
+                        doc_id: change.key.doc_id,
+                        change_type: change_type.into(),
+                        json_data,
+                        ..Default::default()
+                    };
+                    return Some((Ok(message), s));
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    s.done = true;
+                    let err = ConnectError::resource_exhausted(format!(
+                        "subscriber fell behind and {missed} changes were dropped; subscribe again and re-read the documents"
+                    ));
+                    return Some((Err(err), s));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}

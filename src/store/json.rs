@@ -1,0 +1,146 @@
+//! Mapping between JSON values and Automerge structure.
+//!
+//! Objects become maps, arrays lists, scalars scalars (strings are LWW
+//! registers, not text CRDTs). Writing reconciles: only what differs from the
+//! current document produces operations, so unchanged fields cost nothing and
+//! concurrent edits of different fields merge field by field.
+
+use automerge::transaction::Transactable;
+use automerge::{ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
+use serde_json::{Map, Number, Value as Json};
+
+type Result<T> = std::result::Result<T, automerge::AutomergeError>;
+
+/// Makes the map `obj` equal to `target`.
+pub fn reconcile_map<T: Transactable>(tx: &mut T, obj: &ObjId, target: &Map<String, Json>) -> Result<()> {
+    let stale: Vec<String> = tx.keys(obj).filter(|k| !target.contains_key(k)).collect();
+    for key in stale {
+        tx.delete(obj, key)?;
+    }
+    for (key, value) in target {
+        reconcile_prop(tx, obj, Prop::Map(key.clone()), value, false)?;
+    }
+    Ok(())
+}
+
+/// Makes the list `obj` equal to `target`, updating elements in place.
+fn reconcile_list<T: Transactable>(tx: &mut T, obj: &ObjId, target: &[Json]) -> Result<()> {
+    let current = tx.length(obj);
+    for (index, value) in target.iter().enumerate() {
+        reconcile_prop(tx, obj, Prop::Seq(index), value, index >= current)?;
+    }
+    for index in (target.len()..current).rev() {
+        tx.delete(obj, index)?;
+    }
+    Ok(())
+}
+
+fn reconcile_prop<T: Transactable>(tx: &mut T, obj: &ObjId, prop: Prop, value: &Json, insert: bool) -> Result<()> {
+    let existing = if insert { None } else { tx.get(obj, prop.clone())? };
+    match value {
+        Json::Object(map) => {
+            let child = match existing {
+                Some((Value::Object(ObjType::Map), id)) => id,
+                _ => create_object(tx, obj, prop, ObjType::Map, insert)?,
+            };
+            reconcile_map(tx, &child, map)
+        }
+        Json::Array(items) => {
+            let child = match existing {
+                Some((Value::Object(ObjType::List), id)) => id,
+                _ => create_object(tx, obj, prop, ObjType::List, insert)?,
+            };
+            reconcile_list(tx, &child, items)
+        }
+        scalar => {
+            let scalar = to_scalar(scalar);
+            if let Some((Value::Scalar(current), _)) = &existing
+                && scalar_eq(current, &scalar)
+            {
+                return Ok(());
+            }
+            match prop {
+                Prop::Seq(index) if insert => tx.insert(obj, index, scalar),
+                prop => tx.put(obj, prop, scalar),
+            }
+        }
+    }
+}
+
+fn create_object<T: Transactable>(tx: &mut T, obj: &ObjId, prop: Prop, kind: ObjType, insert: bool) -> Result<ObjId> {
+    match prop {
+        Prop::Seq(index) if insert => tx.insert_object(obj, index, kind),
+        prop => tx.put_object(obj, prop, kind),
+    }
+}
+
+/// Equality that treats `1` and `1.0` as different (they round-trip differently).
+fn scalar_eq(a: &ScalarValue, b: &ScalarValue) -> bool {
+    match (a, b) {
+        (ScalarValue::F64(x), ScalarValue::F64(y)) => x.to_bits() == y.to_bits(),
+        _ => a == b,
+    }
+}
+
+fn to_scalar(value: &Json) -> ScalarValue {
+    match value {
+        Json::Null => ScalarValue::Null,
+        Json::Bool(b) => ScalarValue::Boolean(*b),
+        Json::String(s) => ScalarValue::Str(s.as_str().into()),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                ScalarValue::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                ScalarValue::Uint(u)
+            } else {
+                ScalarValue::F64(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Json::Array(_) | Json::Object(_) => unreachable!("objects are reconciled structurally"),
+    }
+}
+
+/// Reads the map `obj` back as JSON.
+pub fn materialize_map<R: ReadDoc>(doc: &R, obj: &ObjId) -> Result<Map<String, Json>> {
+    let mut out = Map::new();
+    for key in doc.keys(obj) {
+        if let Some((value, id)) = doc.get(obj, key.as_str())? {
+            out.insert(key, materialize_value(doc, value, &id)?);
+        }
+    }
+    Ok(out)
+}
+
+fn materialize_value<R: ReadDoc>(doc: &R, value: Value<'_>, id: &ObjId) -> Result<Json> {
+    Ok(match value {
+        Value::Object(ObjType::Map | ObjType::Table) => Json::Object(materialize_map(doc, id)?),
+        Value::Object(ObjType::List) => {
+            let mut items = Vec::with_capacity(doc.length(id));
+            for index in 0..doc.length(id) {
+                if let Some((value, child)) = doc.get(id, index)? {
+                    items.push(materialize_value(doc, value, &child)?);
+                }
+            }
+            Json::Array(items)
+        }
+        Value::Object(ObjType::Text) => Json::String(doc.text(id)?),
+        Value::Scalar(scalar) => from_scalar(&scalar),
+    })
+}
+
+fn from_scalar(scalar: &ScalarValue) -> Json {
+    match scalar {
+        ScalarValue::Null => Json::Null,
+        ScalarValue::Boolean(b) => Json::Bool(*b),
+        ScalarValue::Str(s) => Json::String(s.to_string()),
+        ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Json::Number((*i).into()),
+        ScalarValue::Uint(u) => Json::Number((*u).into()),
+        ScalarValue::F64(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        ScalarValue::Counter(c) => Json::Number(i64::from(c).into()),
+        ScalarValue::Bytes(bytes) => {
+            use base64::Engine as _;
+            Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        ScalarValue::Unknown { .. } => Json::Null,
+    }
+}

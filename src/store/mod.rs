@@ -1,0 +1,557 @@
+//! The document store: every document an Automerge CRDT persisted in sled.
+//!
+//! Owns the on-disk state (see [`record`] for the layout), the in-memory cache
+//! of loaded Automerge documents, durability (group commit), encryption at
+//! rest, and the change feed that subscribers and mesh sessions consume.
+//! A write is acknowledged only after it is on disk.
+
+pub mod crypto;
+mod durability;
+pub mod json;
+pub mod record;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use serde_json::{Map, Value as Json};
+use tokio::sync::broadcast;
+
+pub use record::DocKey;
+use record::DocRecord;
+pub use validate::InvalidField;
+
+use crypto::Cipher;
+use durability::GroupCommit;
+
+/// Root key of the document's JSON content.
+const DATA_KEY: &str = "data";
+/// Root key of the tombstone flag.
+const DELETED_KEY: &str = "deleted";
+/// Documents kept loaded in memory.
+const CACHE_DOCS: usize = 2048;
+/// Change feed capacity; a subscriber further behind than this is cut off.
+const FEED_CAPACITY: usize = 4096;
+/// Meta key recording how stored values are protected.
+const ENCRYPTION_MARKER: &[u8] = b"encryption";
+const PLAINTEXT_MARKER: &[u8] = b"none";
+const KEY_CHECK: &[u8] = b"peat-sidecar encryption key check";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("opening the data directory {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the data directory {0} is encrypted but no encryption key is configured (set encryption_key_file)")]
+    KeyMissing(PathBuf),
+    #[error(
+        "the data directory {0} holds plaintext data but an encryption key is configured; refusing to mix plaintext and encrypted data"
+    )]
+    PlaintextWithKey(PathBuf),
+    #[error("the encryption key does not match the one the data directory {0} was created with")]
+    WrongKey(PathBuf),
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("document {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error(transparent)]
+    NotDurable(#[from] durability::NotDurable),
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Local,
+    Peer(Arc<str>),
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone)]
+pub struct DocumentChange {
+    pub key: DocKey,
+    /// The merged JSON after the change; `None` for a delete.
+    pub json: Option<Arc<str>>,
+    pub heads: Vec<ChangeHash>,
+    pub origin: Origin,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub encryption_key: Option<[u8; 32]>,
+    pub max_document_bytes: usize,
+}
+
+/// A cheap-to-clone handle to the store.
+#[derive(Clone)]
+pub struct DocumentStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: sled::Db,
+    docs: sled::Tree,
+    meta: sled::Tree,
+    cipher: Option<Cipher>,
+    actor: ActorId,
+    max_document_bytes: usize,
+    // A std Mutex: no `.await` happens while it (or a document lock) is held.
+    cache: Mutex<DocCache>,
+    feed: broadcast::Sender<DocumentChange>,
+    commit: GroupCommit,
+}
+
+type SharedDoc = Arc<Mutex<Automerge>>;
+
+#[derive(Default)]
+struct DocCache {
+    docs: HashMap<DocKey, SharedDoc>,
+}
+
+impl DocumentStore {
+    /// Opens (or creates) the store in `options.path`.
+    pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+        let path = options.path.clone();
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(64 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let docs = db.open_tree("documents")?;
+        let meta = db.open_tree("meta")?;
+        let cipher = options.encryption_key.as_ref().map(Cipher::new);
+        check_encryption(&path, &meta, &docs, cipher.as_ref())?;
+        db.flush()?;
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                commit: GroupCommit::start(db.clone()),
+                path,
+                db,
+                docs,
+                meta,
+                cipher,
+                actor: ActorId::random(),
+                max_document_bytes: options.max_document_bytes,
+                cache: Mutex::default(),
+                feed,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn max_document_bytes(&self) -> usize {
+        self.inner.max_document_bytes
+    }
+
+    /// Subscribes to every change applied from now on, local or from peers.
+    pub fn subscribe(&self) -> broadcast::Receiver<DocumentChange> {
+        self.inner.feed.subscribe()
+    }
+
+    /// Validates and writes `json_text` as the new content of the document.
+    /// Returns whether anything changed.
+    pub async fn put_json(&self, collection: &str, doc_id: &str, json_text: &str) -> Result<bool, StoreError> {
+        validate::collection(collection)?;
+        validate::doc_id(doc_id)?;
+        let content = validate::document(json_text, self.inner.max_document_bytes, "json_data")?;
+        self.put_map(DocKey::new(collection, doc_id), &content).await
+    }
+
+    /// Writes an already-parsed JSON object as the new content of the document.
+    pub async fn put_map(&self, key: DocKey, content: &Map<String, Json>) -> Result<bool, StoreError> {
+        validate::collection(&key.collection)?;
+        validate::doc_id(&key.doc_id)?;
+        let changed = self.change(&key, |doc| {
+            let mut tx = doc.transaction();
+            let data = data_object(&mut tx)?;
+            json::reconcile_map(&mut tx, &data, content)?;
+            if is_deleted(&tx) {
+                tx.put(ROOT, DELETED_KEY, false)?;
+            }
+            Ok(tx.commit().0.is_some())
+        })?;
+        if changed {
+            self.inner.commit.durable().await?;
+        }
+        Ok(changed)
+    }
+
+    /// Tombstones a document (a no-op when it does not exist). Returns whether it existed.
+    pub async fn delete(&self, collection: &str, doc_id: &str) -> Result<bool, StoreError> {
+        validate::collection(collection)?;
+        validate::doc_id(doc_id)?;
+        let key = DocKey::new(collection, doc_id);
+        match self.record(&key)? {
+            Some(record) if !record.deleted => {}
+            _ => return Ok(false),
+        }
+        let changed = self.change(&key, |doc| {
+            let mut tx = doc.transaction();
+            if is_deleted(&tx) {
+                return Ok(false);
+            }
+            // Clearing the content keeps deleted data from lingering in the
+            // current state; the tombstone makes the delete sync and stick.
+            let data = data_object(&mut tx)?;
+            json::reconcile_map(&mut tx, &data, &Map::new())?;
+            tx.put(ROOT, DELETED_KEY, true)?;
+            Ok(tx.commit().0.is_some())
+        })?;
+        if changed {
+            self.inner.commit.durable().await?;
+        }
+        Ok(changed)
+    }
+
+    /// The document's current JSON, or `None` if it does not exist or is deleted.
+    pub fn get(&self, collection: &str, doc_id: &str) -> Result<Option<String>, StoreError> {
+        validate::collection(collection)?;
+        validate::doc_id(doc_id)?;
+        Ok(self.record(&DocKey::new(collection, doc_id))?.filter(|r| !r.deleted).map(|r| r.json))
+    }
+
+    /// Ids of the live documents of a collection, in byte order.
+    pub fn list(&self, collection: &str) -> Result<Vec<String>, StoreError> {
+        validate::collection(collection)?;
+        let mut prefix = record::record_prefix().to_vec();
+        prefix.extend_from_slice(collection.as_bytes());
+        prefix.push(0);
+        let mut ids = Vec::new();
+        for entry in self.inner.docs.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let key = DocKey::from_record_key(&key).ok_or_else(|| corrupt_key(&key))?;
+            if !self.decode_record(&key, &value)?.deleted {
+                ids.push(key.doc_id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Live documents of a collection with their JSON.
+    pub fn list_json(&self, collection: &str) -> Result<Vec<(String, String)>, StoreError> {
+        validate::collection(collection)?;
+        let mut prefix = record::record_prefix().to_vec();
+        prefix.extend_from_slice(collection.as_bytes());
+        prefix.push(0);
+        let mut docs = Vec::new();
+        for entry in self.inner.docs.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let key = DocKey::from_record_key(&key).ok_or_else(|| corrupt_key(&key))?;
+            let record = self.decode_record(&key, &value)?;
+            if !record.deleted {
+                docs.push((key.doc_id, record.json));
+            }
+        }
+        Ok(docs)
+    }
+
+    /// Every document (tombstones included) with its heads, in key order;
+    /// cheap: reads records only, never loads Automerge documents.
+    pub fn all_heads(&self) -> impl Iterator<Item = Result<(DocKey, Vec<ChangeHash>), StoreError>> + '_ {
+        self.inner.docs.scan_prefix(record::record_prefix()).map(move |entry| {
+            let (key, value) = entry?;
+            let key = DocKey::from_record_key(&key).ok_or_else(|| corrupt_key(&key))?;
+            let record = self.decode_record(&key, &value)?;
+            Ok((key, record.heads))
+        })
+    }
+
+    /// The document's heads, if it exists (tombstoned or not).
+    pub fn heads(&self, key: &DocKey) -> Result<Option<Vec<ChangeHash>>, StoreError> {
+        Ok(self.record(key)?.map(|r| r.heads))
+    }
+
+    /// The next Automerge sync message for a peer, if any is due.
+    pub fn generate_sync_message(
+        &self,
+        key: &DocKey,
+        state: &mut sync::State,
+    ) -> Result<Option<sync::Message>, StoreError> {
+        let doc = match self.record(key)? {
+            Some(_) => self.load(key)?,
+            // A document we never had: answer from an empty one so the peer sends it all.
+            None => return Ok(Automerge::new().generate_sync_message(state)),
+        };
+        let doc = doc.lock().expect("document lock");
+        Ok(doc.generate_sync_message(state))
+    }
+
+    /// Applies a peer's sync message, persisting and publishing any new changes.
+    pub async fn receive_sync_message(
+        &self,
+        key: &DocKey,
+        state: &mut sync::State,
+        message: sync::Message,
+        peer: &Arc<str>,
+    ) -> Result<bool, StoreError> {
+        validate::collection(&key.collection)?;
+        validate::doc_id(&key.doc_id)?;
+        let changed = self.apply(key, Origin::Peer(Arc::clone(peer)), |doc| {
+            let before = doc.get_heads();
+            doc.receive_sync_message(state, message)?;
+            Ok(doc.get_heads() != before)
+        })?;
+        if changed {
+            self.inner.commit.durable().await?;
+        }
+        Ok(changed)
+    }
+
+    /// Reads a node-level value (node id, known peers, ...).
+    pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.inner.meta.get(name.as_bytes())? {
+            Some(sealed) => Ok(Some(self.open_value(name, &sealed)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Durably writes a node-level value.
+    pub async fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.meta.insert(name.as_bytes(), self.seal_value(value))?;
+        self.inner.commit.durable().await?;
+        Ok(())
+    }
+
+    /// The node id: `configured` if given, else the persisted one, else a new
+    /// random id that is persisted for the next start.
+    pub async fn node_id(&self, configured: Option<&str>) -> Result<String, StoreError> {
+        if let Some(id) = configured {
+            return Ok(id.to_owned());
+        }
+        if let Some(id) = self.meta_get("node_id")? {
+            return String::from_utf8(id)
+                .map_err(|_| StoreError::Corrupt { key: "meta/node_id".into(), reason: "not UTF-8".into() });
+        }
+        let id = crate::node::generate_node_id();
+        self.meta_put("node_id", id.as_bytes()).await?;
+        Ok(id)
+    }
+
+    /// Flushes everything to disk (used at shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.commit.durable().await?;
+        Ok(())
+    }
+
+    /// Runs a local edit on the document (creating it if needed) and persists it.
+    fn change(
+        &self,
+        key: &DocKey,
+        edit: impl FnOnce(&mut Automerge) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        self.apply(key, Origin::Local, |doc| {
+            doc.set_actor(self.inner.actor.clone());
+            edit(doc)
+        })
+    }
+
+    /// Loads or creates the document, runs `edit` under its lock, and when the
+    /// heads moved, persists the new changes atomically and publishes them.
+    fn apply(
+        &self,
+        key: &DocKey,
+        origin: Origin,
+        edit: impl FnOnce(&mut Automerge) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let shared = self.load_or_create(key)?;
+        let mut doc = shared.lock().expect("document lock");
+        let record = self.record(key)?.unwrap_or_default();
+        let before = doc.get_heads();
+        if !edit(&mut doc)? {
+            return Ok(false);
+        }
+        let result = self.persist(key, &doc, record, &before);
+        if result.is_err() {
+            // The in-memory document is ahead of disk; drop it so the next
+            // access reloads the acknowledged state.
+            drop(doc);
+            self.inner.cache.lock().expect("cache lock").docs.remove(key);
+        }
+        let change = result?;
+        let _ = self.inner.feed.send(DocumentChange { origin, ..change });
+        Ok(true)
+    }
+
+    fn persist(
+        &self,
+        key: &DocKey,
+        doc: &Automerge,
+        mut record: DocRecord,
+        before: &[ChangeHash],
+    ) -> Result<DocumentChange, StoreError> {
+        let mut batch = sled::Batch::default();
+        let compact = record.chunk_count == 0 || record.incremental_bytes > record.snapshot_bytes.max(4096);
+        if compact {
+            for entry in self.inner.docs.scan_prefix(key.chunk_prefix()).keys() {
+                batch.remove(entry?);
+            }
+            let snapshot = doc.save();
+            record.snapshot_bytes = snapshot.len() as u64;
+            record.incremental_bytes = 0;
+            record.chunk_count = 1;
+            batch.insert(key.chunk_key(record.next_seq), self.seal_value(&snapshot));
+        } else {
+            let increment = doc.save_after(before);
+            record.incremental_bytes += increment.len() as u64;
+            record.chunk_count += 1;
+            batch.insert(key.chunk_key(record.next_seq), self.seal_value(&increment));
+        }
+        record.next_seq += 1;
+        record.heads = doc.get_heads();
+        record.deleted = is_deleted(doc);
+        record.json = if record.deleted {
+            String::new()
+        } else {
+            let content = match doc.get(ROOT, DATA_KEY)? {
+                Some((Value::Object(ObjType::Map), data)) => json::materialize_map(doc, &data)?,
+                _ => Map::new(),
+            };
+            serde_json::to_string(&content).expect("JSON maps serialise")
+        };
+        batch.insert(key.record_key(), self.seal_value(&record.encode()));
+        self.inner.docs.apply_batch(batch)?;
+        Ok(DocumentChange {
+            key: key.clone(),
+            json: (!record.deleted).then(|| Arc::from(record.json.as_str())),
+            heads: record.heads,
+            origin: Origin::Local,
+        })
+    }
+
+    fn record(&self, key: &DocKey) -> Result<Option<DocRecord>, StoreError> {
+        match self.inner.docs.get(key.record_key())? {
+            Some(value) => Ok(Some(self.decode_record(key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn decode_record(&self, key: &DocKey, value: &[u8]) -> Result<DocRecord, StoreError> {
+        let plain = self.open_value(&key.to_string(), value)?;
+        DocRecord::decode(&plain).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
+    }
+
+    fn load_or_create(&self, key: &DocKey) -> Result<SharedDoc, StoreError> {
+        if self.record(key)?.is_some() {
+            return self.load(key);
+        }
+        Ok(self.cache_insert(key, genesis))
+    }
+
+    fn load(&self, key: &DocKey) -> Result<SharedDoc, StoreError> {
+        if let Some(doc) = self.inner.cache.lock().expect("cache lock").docs.get(key) {
+            return Ok(Arc::clone(doc));
+        }
+        let mut doc = Automerge::new();
+        for entry in self.inner.docs.scan_prefix(key.chunk_prefix()).values() {
+            let chunk = self.open_value(&key.to_string(), &entry?)?;
+            doc.load_incremental(&chunk).map_err(|e| StoreError::Corrupt {
+                key: key.to_string(),
+                reason: format!("unreadable change log: {e}"),
+            })?;
+        }
+        Ok(self.cache_insert(key, || doc))
+    }
+
+    /// The cached document for `key`, inserting `make()` if there is none.
+    fn cache_insert(&self, key: &DocKey, make: impl FnOnce() -> Automerge) -> SharedDoc {
+        let mut cache = self.inner.cache.lock().expect("cache lock");
+        if cache.docs.len() >= CACHE_DOCS && !cache.docs.contains_key(key) {
+            // Evict documents nobody holds; the disk copy is authoritative.
+            cache.docs.retain(|_, d| Arc::strong_count(d) > 1);
+        }
+        let shared = cache.docs.entry(key.clone()).or_insert_with(|| Arc::new(Mutex::new(make())));
+        Arc::clone(shared)
+    }
+
+    fn seal_value(&self, plain: &[u8]) -> Vec<u8> {
+        match &self.inner.cipher {
+            Some(cipher) => cipher.seal(plain),
+            None => plain.to_vec(),
+        }
+    }
+
+    fn open_value(&self, what: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match &self.inner.cipher {
+            Some(cipher) => {
+                cipher.open(stored).map_err(|e| StoreError::Corrupt { key: what.to_owned(), reason: e.to_string() })
+            }
+            None => Ok(stored.to_vec()),
+        }
+    }
+
+    /// Flushes the store synchronously (used by tests and shutdown paths outside a runtime).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Every document starts from the same genesis change, so the content map
+/// has the same identity on every node and independently created copies of
+/// a document merge field by field instead of one replacing the other.
+fn genesis() -> Automerge {
+    let mut doc = Automerge::new().with_actor(ActorId::from(&[0u8; 16]));
+    let mut tx = doc.transaction();
+    tx.put_object(ROOT, DATA_KEY, ObjType::Map).expect("fresh document accepts the genesis map");
+    tx.commit_with(CommitOptions::default().with_time(0));
+    doc
+}
+
+fn data_object<T: Transactable>(tx: &mut T) -> Result<automerge::ObjId, StoreError> {
+    match tx.get(ROOT, DATA_KEY)? {
+        Some((Value::Object(ObjType::Map), id)) => Ok(id),
+        _ => Ok(tx.put_object(ROOT, DATA_KEY, ObjType::Map)?),
+    }
+}
+
+fn is_deleted<R: ReadDoc>(doc: &R) -> bool {
+    matches!(doc.get(ROOT, DELETED_KEY), Ok(Some((Value::Scalar(s), _))) if *s == ScalarValue::Boolean(true))
+}
+
+fn corrupt_key(key: &[u8]) -> StoreError {
+    StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: "malformed key".into() }
+}
+
+fn check_encryption(
+    path: &Path,
+    meta: &sled::Tree,
+    docs: &sled::Tree,
+    cipher: Option<&Cipher>,
+) -> Result<(), StoreError> {
+    match (meta.get(ENCRYPTION_MARKER)?, cipher) {
+        (None, _) if !docs.is_empty() || !meta.is_empty() => {
+            Err(StoreError::Corrupt { key: "meta/encryption".into(), reason: "marker missing".into() })
+        }
+        (None, Some(cipher)) => {
+            meta.insert(ENCRYPTION_MARKER, cipher.seal(KEY_CHECK))?;
+            Ok(())
+        }
+        (None, None) => {
+            meta.insert(ENCRYPTION_MARKER, PLAINTEXT_MARKER)?;
+            Ok(())
+        }
+        (Some(marker), None) if marker.as_ref() == PLAINTEXT_MARKER => Ok(()),
+        (Some(_), None) => Err(StoreError::KeyMissing(path.to_owned())),
+        (Some(marker), Some(_)) if marker.as_ref() == PLAINTEXT_MARKER => {
+            Err(StoreError::PlaintextWithKey(path.to_owned()))
+        }
+        (Some(marker), Some(cipher)) => match cipher.open(&marker) {
+            Ok(check) if check == KEY_CHECK => Ok(()),
+            _ => Err(StoreError::WrongKey(path.to_owned())),
+        },
+    }
+}
