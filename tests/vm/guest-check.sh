@@ -233,24 +233,30 @@ set_listen() {
 RELEASE_DIR=/var/tmp/peat-vm-release
 
 # rpm on a dpkg-based guest has an empty database that knows nothing of the
-# system's files, so every requirement would look unmet. There the
-# requirements are checked against the system by hand and rpm is told not
-# to re-check them (and, on Debian, that it may install at all).
+# system's files, so a requirement other than rpm's own (rpmlib) features
+# would look unmet. There such requirements are checked against the system
+# by hand and rpm is told not to re-check them; Debian's rpm also wants to
+# be told that it may install at all.
 rpm_opts() {
     if rpm -q --quiet --whatprovides /bin/sh 2>/dev/null; then
         return 0
     fi
-    rpm -qp --requires "$1" | while read -r req _; do
-        case "$req" in
-            rpmlib\(*) ;;
-            /*) [ -e "$req" ] || { echo "unmet requirement: $req" >&2; exit 1; } ;;
-            *) dpkg-query -W "$req" >/dev/null 2>&1 ||
-                { echo "unmet requirement: $req" >&2; exit 1; } ;;
-        esac
-    done || fail "$1 requires what this system does not have"
-    echo "--nodeps"
     if rpm --help 2>/dev/null | grep -q -- --force-debian; then
         echo "--force-debian"
+    fi
+    foreign=$(rpm -qp --requires "$1" | while read -r req _; do
+        case "$req" in
+            rpmlib\(*) ;;
+            /*) [ -e "$req" ] || { echo "unmet requirement: $req" >&2; exit 1; }
+                echo "$req" ;;
+            *) dpkg-query -W "$req" >/dev/null 2>&1 ||
+                { echo "unmet requirement: $req" >&2; exit 1; }
+                echo "$req" ;;
+        esac
+    done) || fail "$1 requires what this system does not have"
+    if [ -n "$foreign" ]; then
+        echo "requirements met by the system: $foreign" | tr '\n' ' ' >&2
+        echo "--nodeps"
     fi
 }
 
