@@ -205,8 +205,11 @@ pub fn explain(outcome: &Outcome) -> String {
         s.push('\n');
     }
     if !outcome.started {
-        s.push_str(&format!("last console lines ({}):\n{}", outcome.console.display(), host::tail(&outcome.console, 40)));
+        s.push_str(&format!(
+            "last console lines ({}):\n{}",
+            outcome.console.display(),
+            host::tail(&outcome.console, 40)
+        ));
     }
     s
 }
-
