@@ -474,7 +474,6 @@ async fn binary_refuses_bad_agent_tls_settings_at_startup() {
 
 /// Node B sees node A's agent state through the mesh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs mesh sync between sidecars"]
 async fn node_b_sees_node_a_agent_state() {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
