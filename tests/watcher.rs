@@ -511,4 +511,16 @@ async fn node_b_sees_node_a_agent_state() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(b.get("platforms", "node-a").await.unwrap()["platform_type"], "uds-remote-agent");
+
+    // An unchanged agent costs no mesh traffic: over ten more polls B receives
+    // at most the mesh's own heartbeats (a few bytes), no document sync.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let polls_before = agent.requests(STATUS);
+    let (_, received_before) = b.sync_bytes().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, received_after) = b.sync_bytes().await;
+    assert!(agent.requests(STATUS) >= polls_before + 5, "A kept polling its agent");
+    let received = received_after - received_before;
+    assert!(received < 32, "B received {received} mesh bytes while A's agent was unchanged");
+    eprintln!("B received {received} mesh bytes over {} unchanged polls", agent.requests(STATUS) - polls_before);
 }
