@@ -304,18 +304,19 @@ impl Shared {
         peer_id: &str,
         dialer_id: &str,
         remote: &str,
-    ) -> Result<SessionGuard, String> {
+    ) -> Result<SessionGuard, session::SessionEnd> {
+        use session::SessionEnd;
         if *self.paused.borrow() {
-            return Err("sync is paused on this node".into());
+            return Err(SessionEnd::Refused("sync is paused on this node".into()));
         }
         let mut sessions = self.sessions.lock().expect("sessions lock");
         if let Some(existing) = sessions.get(peer_id) {
             if existing.dialer_id != dialer_id && existing.dialer_id.as_str() < dialer_id {
-                return Err(format!("a session with {peer_id} already exists"));
+                return Err(SessionEnd::Duplicate);
             }
             let _ = existing.stop.send(true);
         } else if sessions.len() >= MAX_SESSIONS {
-            return Err(format!("session limit of {MAX_SESSIONS} reached"));
+            return Err(SessionEnd::Refused(format!("session limit of {MAX_SESSIONS} reached")));
         }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (stop, stopped) = watch::channel(false);
@@ -369,6 +370,7 @@ async fn dial_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    let mut last_failure: Option<String> = None;
     let mut shutdown = shared.shutdown.clone();
     let mut paused = shared.paused.subscribe();
     loop {
@@ -392,9 +394,16 @@ async fn dial_loop(
                 let started = std::time::Instant::now();
                 let result = transport::dial(&shared, address, &peer.endpoint_id, &reached).await;
                 match result {
-                    Ok(()) => {}
+                    Ok(()) | Err(session::SessionEnd::Duplicate) => last_failure = None,
                     Err(end) => {
-                        tracing::warn!(peer = %peer.identity(), %address, reason = %end, "mesh session to peer ended");
+                        // Warn when the situation changes, not on every retry.
+                        let reason = end.to_string();
+                        if last_failure.as_ref() != Some(&reason) {
+                            tracing::warn!(peer = %peer.identity(), %address, %reason, "mesh session to peer ended");
+                        } else {
+                            tracing::debug!(peer = %peer.identity(), %address, %reason, "mesh dial failed again");
+                        }
+                        last_failure = Some(reason);
                     }
                 }
                 if started.elapsed() > Duration::from_secs(10) {

@@ -28,6 +28,8 @@ use super::{SessionGuard, Shared};
 use crate::store::{DocKey, validate};
 
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Refusal reason for the losing one of two sessions between the same nodes.
+const DUPLICATE: &str = "duplicate session: the session dialed by the lower node id is kept";
 /// Documents per `SyncBatch` frame; more is a protocol violation.
 pub const MAX_DOCS_PER_BATCH: usize = 64;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -46,6 +48,8 @@ pub enum SessionEnd {
     Closed,
     #[error("refused: {0}")]
     Refused(String),
+    #[error("a session with this peer already exists")]
+    Duplicate,
     #[error("peer refused us: {0}")]
     RefusedByPeer(String),
     #[error("protocol violation: {0}")]
@@ -77,22 +81,29 @@ pub(crate) async fn run(
     out: mpsc::Sender<Frame>,
     expected: Option<String>,
     remote: String,
-    on_established: impl FnOnce(&str),
+    on_identified: impl FnOnce(&str),
 ) -> Result<(), SessionEnd> {
-    let (peer, guard) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&shared, role, &mut incoming, &out, expected, &remote))
-            .await
-        {
-            Ok(Ok(established)) => established,
-            Ok(Err(end)) => {
-                if let SessionEnd::Refused(reason) = &end {
+    let (peer, guard) = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&shared, role, &mut incoming, &out, expected, &remote, on_identified),
+    )
+    .await
+    {
+        Ok(Ok(established)) => established,
+        Ok(Err(end)) => {
+            match &end {
+                SessionEnd::Refused(reason) => {
                     let _ = out.try_send(refusal(reason));
                 }
-                return Err(end);
+                SessionEnd::Duplicate => {
+                    let _ = out.try_send(refusal(DUPLICATE));
+                }
+                _ => {}
             }
-            Err(_) => return Err(SessionEnd::Timeout(HANDSHAKE_TIMEOUT)),
-        };
-    on_established(&peer.node_id);
+            return Err(end);
+        }
+        Err(_) => return Err(SessionEnd::Timeout(HANDSHAKE_TIMEOUT)),
+    };
     tracing::info!(peer = %peer.node_id, %remote, ?role, "mesh session established");
     let result = SyncLoop::new(&shared, &peer, guard.stop.clone()).run(&mut incoming, &out).await;
     drop(guard);
@@ -108,6 +119,7 @@ fn refusal(reason: &str) -> Frame {
 
 async fn next_frame(incoming: &mut Incoming) -> Result<Kind, SessionEnd> {
     match incoming.next().await {
+        Some(Ok(Frame { kind: Some(Kind::Refusal(r)) })) if r.reason == DUPLICATE => Err(SessionEnd::Duplicate),
         Some(Ok(Frame { kind: Some(Kind::Refusal(r)) })) => Err(SessionEnd::RefusedByPeer(r.reason)),
         Some(Ok(Frame { kind: Some(kind) })) => Ok(kind),
         Some(Ok(Frame { kind: None })) => Err(SessionEnd::Protocol("empty frame".into())),
@@ -127,6 +139,7 @@ async fn handshake(
     out: &mpsc::Sender<Frame>,
     expected: Option<String>,
     remote: &str,
+    on_identified: impl FnOnce(&str),
 ) -> Result<(Peer, SessionGuard), SessionEnd> {
     let mut nonce = vec![0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
@@ -206,7 +219,10 @@ async fn handshake(
         }
     }
 
-    let guard = shared.register(&theirs.node_id, dialer_id, remote).map_err(SessionEnd::Refused)?;
+    // The peer's identity is proven from here on; the dialer uses it to
+    // avoid redialing a peer it already has a session with.
+    on_identified(&theirs.node_id);
+    let guard = shared.register(&theirs.node_id, dialer_id, remote)?;
     Ok((Peer { node_id: theirs.node_id, epoch: theirs.store_epoch }, guard))
 }
 

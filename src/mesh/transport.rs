@@ -89,7 +89,7 @@ impl MeshRpc for MeshService {
 
 fn log_end(remote: &str, result: Result<(), SessionEnd>) {
     match result {
-        Ok(()) | Err(SessionEnd::Stopped | SessionEnd::Closed) => {
+        Ok(()) | Err(SessionEnd::Stopped | SessionEnd::Closed | SessionEnd::Duplicate) => {
             tracing::info!(%remote, "mesh session closed")
         }
         Err(end @ (SessionEnd::Refused(_) | SessionEnd::RefusedByPeer(_) | SessionEnd::Protocol(_))) => {
