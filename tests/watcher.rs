@@ -437,7 +437,11 @@ async fn binary_serves_agent_state_through_the_api() {
     assert!(status.success(), "exit status {status}; log:\n{log}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     assert_eq!(log.matches("agent watcher: agent is up").count(), 1, "log:\n{log}");
-    assert_eq!(log.matches("some of its data cannot be read").count(), 1, "one warning per state change; log:\n{log}");
+    assert_eq!(
+        log.matches("part of its state could not be read or stored").count(),
+        1,
+        "one warning per state change; log:\n{log}"
+    );
     assert!(log.contains("malformed response"), "log:\n{log}");
     eprintln!("SIGTERM to exit: {took:?}");
 }
