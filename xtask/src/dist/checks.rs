@@ -99,9 +99,7 @@ fn deb(ctx: &Ctx) -> Result<()> {
     // Errors and warnings fail (--show-overrides would count overridden tags too);
     // overrides (shipped in the package) each carry their reason.
     let out = sh::capture(
-        Command::new("lintian")
-            .args(["--fail-on", "error,warning", "--display-info", "--allow-root"])
-            .arg(&deb),
+        Command::new("lintian").args(["--fail-on", "error,warning", "--display-info", "--allow-root"]).arg(&deb),
     )?;
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprint!("{report}");
@@ -163,10 +161,7 @@ fn deb(ctx: &Ctx) -> Result<()> {
 fn rpm(ctx: &Ctx) -> Result<()> {
     let rpm = ctx.dist.join(ctx.rpm_name());
     let out = sh::capture(
-        Command::new("rpmlint")
-            .arg("--rpmlintrc")
-            .arg(packaging(ctx, "peat-sidecar.rpmlintrc"))
-            .arg(&rpm),
+        Command::new("rpmlint").arg("--rpmlintrc").arg(packaging(ctx, "peat-sidecar.rpmlintrc")).arg(&rpm),
     )?;
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprint!("{report}");
@@ -395,10 +390,7 @@ fn oci_run_in(ctx: &Ctx, dir: &Path) -> Result<()> {
     let doc = serde_json::from_str::<serde_json::Value>(&got)
         .ok()
         .and_then(|v| v["jsonData"].as_str().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()));
-    ensure!(
-        doc == Some(serde_json::json!({"ok": true})),
-        "GetDocument did not return the stored document: {got}"
-    );
+    ensure!(doc == Some(serde_json::json!({"ok": true})), "GetDocument did not return the stored document: {got}");
     eprintln!("put/get through the container API: {got}");
 
     // The binary is PID 1 in the container: SIGTERM must end it promptly

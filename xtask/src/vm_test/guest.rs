@@ -1,0 +1,215 @@
+//! Booting one throwaway guest: a copy-on-write qcow2 overlay of the cached
+//! image, the kernel and initrd given to qemu directly, and a 9p share that
+//! carries the job in and its log and exit status out. The guest's
+//! peat-vm-check.service (tests/vm/image/) runs `job` from the share and
+//! powers off; nothing here waits on the guest's network (it has none).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::host;
+use super::image::Image;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// How one boot ended.
+pub struct Outcome {
+    /// The guest's job ran (the share saw out/started).
+    pub started: bool,
+    /// The job's exit status, when it finished.
+    pub status: Option<i32>,
+    /// What the job printed.
+    pub log: String,
+    pub console: PathBuf,
+    pub seconds: f64,
+    /// Why the host gave up, if it did.
+    pub aborted: Option<String>,
+}
+
+pub struct Limits {
+    /// Until the guest's job has started (the boot itself).
+    pub start: Duration,
+    /// Until the guest has powered off.
+    pub total: Duration,
+    /// Give up when the serial console is still silent after this long (a
+    /// hypervisor that never runs the kernel); None to wait for `start`.
+    pub first_output: Option<Duration>,
+}
+
+/// Kills qemu if the host side bails out early.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boots a fresh overlay of `image` in `work` with `share` as the 9p share
+/// (which must hold an executable `job`), and waits for it to power off.
+pub fn boot(image: &Image, accel: Accel, work: &Path, share: &Path, quiet: bool, limits: &Limits) -> Result<Outcome> {
+    let overlay = work.join("overlay.qcow2");
+    if overlay.exists() {
+        std::fs::remove_file(&overlay)?;
+    }
+    let out = share.join("out");
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    host::output(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(image.base())
+            .arg(&overlay),
+    )
+    .context("creating the copy-on-write overlay")?;
+    let console = work.join("console.log");
+    let (machine, cpu) = match accel {
+        Accel::Kvm => ("q35,accel=kvm", "host"),
+        Accel::Tcg => ("q35,accel=tcg", "max"),
+    };
+    let mut append = String::from("console=ttyS0 root=/dev/vda rw panic=-1 systemd.show_status=error");
+    if quiet {
+        append.push_str(" quiet");
+    }
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args(["-machine", machine, "-cpu", cpu, "-smp", "1", "-m", "1024"])
+        .arg("-kernel")
+        .arg(image.kernel())
+        .arg("-initrd")
+        .arg(image.initrd())
+        .args(["-append", &append])
+        // cache=unsafe: the overlay is thrown away after the run.
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2,cache=unsafe", overlay.display()))
+        .arg("-virtfs")
+        .arg(format!("local,path={},mount_tag=vmshare,security_model=none,id=vmshare", share.display()))
+        .args(["-device", "virtio-rng-pci", "-nic", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("qemu.stderr"))?);
+    let start = Instant::now();
+    let mut qemu = Qemu(cmd.spawn().context("starting qemu-system-x86_64")?);
+    let mut aborted = None;
+    loop {
+        if let Some(status) = qemu.0.try_wait()? {
+            if !status.success() {
+                let stderr = host::tail(&work.join("qemu.stderr"), 20);
+                if !out.join("started").exists() {
+                    aborted = Some(format!("qemu exited with {status} before the guest came up: {stderr}"));
+                }
+            }
+            break;
+        }
+        let elapsed = start.elapsed();
+        let started = out.join("started").exists();
+        if !started {
+            if let Some(limit) = limits.first_output {
+                let silent = std::fs::metadata(&console).map(|m| m.len() == 0).unwrap_or(true);
+                if elapsed > limit && silent {
+                    aborted = Some(format!("no console output within {} s", limit.as_secs()));
+                    break;
+                }
+            }
+            if elapsed > limits.start {
+                aborted = Some(format!("the guest did not start its job within {} s", limits.start.as_secs()));
+                break;
+            }
+        }
+        if elapsed > limits.total {
+            aborted = Some(format!("the guest did not power off within {} s", limits.total.as_secs()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(qemu);
+    let status = match std::fs::read_to_string(out.join("status")) {
+        Ok(s) => Some(s.trim().parse::<i32>().with_context(|| format!("bad status file content {s:?}"))?),
+        Err(_) => None,
+    };
+    let log = std::fs::read(out.join("log")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    Ok(Outcome {
+        started: out.join("started").exists(),
+        status,
+        log,
+        console,
+        seconds: start.elapsed().as_secs_f64(),
+        aborted,
+    })
+}
+
+/// Decides between KVM and TCG by booting the guest: /dev/kvm existing (or
+/// even opening) proves nothing, since some hypervisors expose a KVM that
+/// cannot run a stock kernel. `forced` skips the probe.
+pub fn choose_accel(image: &Image, work: &Path, forced: Option<Accel>) -> Result<Accel> {
+    if let Some(accel) = forced {
+        println!("accelerator: {} (forced)", accel.name());
+        return Ok(accel);
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        println!("accelerator: tcg (/dev/kvm cannot be opened)");
+        return Ok(Accel::Tcg);
+    }
+    let share = work.join("share");
+    std::fs::create_dir_all(&share)?;
+    write_job(&share, "echo kvm-probe-ok\n")?;
+    let limits = Limits {
+        start: Duration::from_secs(60),
+        total: Duration::from_secs(90),
+        first_output: Some(Duration::from_secs(10)),
+    };
+    let outcome = boot(image, Accel::Kvm, work, &share, false, &limits)?;
+    if outcome.status == Some(0) && outcome.log.contains("kvm-probe-ok") {
+        println!("accelerator: kvm (a probe guest booted in {:.1} s)", outcome.seconds);
+        return Ok(Accel::Kvm);
+    }
+    let why = outcome.aborted.unwrap_or_else(|| format!("probe job status {:?}", outcome.status));
+    println!("accelerator: tcg (KVM probe boot failed: {why})");
+    Ok(Accel::Tcg)
+}
+
+/// Writes the share's `job`, the script the guest runs.
+pub fn write_job(share: &Path, body: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let job = share.join("job");
+    std::fs::write(&job, format!("#!/bin/sh\n{body}"))?;
+    std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Fails with the console's tail when the guest never reached its job.
+pub fn explain(outcome: &Outcome) -> String {
+    let mut s = String::new();
+    if let Some(why) = &outcome.aborted {
+        s.push_str(why);
+        s.push('\n');
+    }
+    if !outcome.started {
+        s.push_str(&format!(
+            "last console lines ({}):\n{}",
+            outcome.console.display(),
+            host::tail(&outcome.console, 40)
+        ));
+    }
+    s
+}

@@ -1,0 +1,153 @@
+//! Host-side plumbing for `cargo xtask vm-test`: running commands with
+//! readable errors, timing stages, and installing the Debian tools the
+//! harness needs on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// The repository root (the parent of the xtask crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf()
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd` with inherited output; an error names the command.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let what = describe(cmd);
+    let status = cmd.status().with_context(|| format!("cannot start `{what}`"))?;
+    if !status.success() {
+        bail!("`{what}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` capturing its output; on failure the error carries stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let what = describe(cmd);
+    let out: Output = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot start `{what}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{what}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd` with stdout and stderr sent to `log`; on failure the error
+/// carries the log's last lines, so long chatty tools stay readable.
+pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    let what = describe(cmd);
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .status()
+        .with_context(|| format!("cannot start `{what}`"))?;
+    if !status.success() {
+        bail!("`{what}` failed ({status}); last lines of {}:\n{}", log.display(), tail(log, 40));
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of a text file (empty when unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs one named stage, printing its start and duration, and records the
+/// duration for the closing summary.
+pub fn stage<T>(timings: &mut Vec<(String, f64)>, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    println!("==> {name}");
+    let start = Instant::now();
+    let result = f();
+    let secs = start.elapsed().as_secs_f64();
+    timings.push((name.to_string(), secs));
+    match &result {
+        Ok(_) => println!("<== {name}: {secs:.1} s"),
+        Err(_) => println!("<== {name}: FAILED after {secs:.1} s"),
+    }
+    result.with_context(|| format!("stage `{name}`"))
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// (program, Debian package providing it) for everything the harness runs.
+const TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-img", "qemu-utils"),
+    ("debootstrap", "debootstrap"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("ip", "iproute2"),
+    ("curl", "curl"),
+];
+
+/// Installs the Debian packages behind any missing tool (one `apt-get
+/// update`, one install). Installing qemu-system-x86 may replace a newer
+/// qemu-utils with Debian's; both come from the same release then.
+pub fn ensure_tools() -> Result<()> {
+    if !is_root() {
+        bail!("vm-test must run as root (debootstrap, mounts, network namespaces)");
+    }
+    let mut missing: Vec<&str> = TOOLS.iter().filter(|(prog, _)| which(prog).is_none()).map(|(_, pkg)| *pkg).collect();
+    // qemu-img must come from the same release as qemu-system-x86, or apt
+    // refuses the pair; ask for both whenever either is missing.
+    if missing.contains(&"qemu-system-x86") && !missing.contains(&"qemu-utils") {
+        missing.push("qemu-utils");
+    }
+    if missing.is_empty() {
+        println!("all tools present: {}", TOOLS.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "));
+        return Ok(());
+    }
+    println!("installing Debian packages: {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        // Other jobs on the machine may hold the dpkg lock for a while.
+        cmd.args(["-o", "DPkg::Lock::Timeout=900", "-q"]).args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    apt(&["update"]).context("apt-get update")?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    apt(&args).context("apt-get install")?;
+    for (prog, pkg) in TOOLS {
+        if which(prog).is_none() {
+            bail!("`{prog}` is still missing after installing Debian package {pkg}");
+        }
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+/// Seconds since the epoch of the last commit: the packages' mtimes.
+pub fn source_date_epoch(root: &Path) -> Result<String> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return Ok(v);
+    }
+    Ok(output(Command::new("git").arg("-C").arg(root).args(["log", "-1", "--format=%ct"]))?.trim().to_string())
+}

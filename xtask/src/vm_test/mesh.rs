@@ -1,0 +1,143 @@
+//! Two packaged sidecars on one host, each in its own network namespace
+//! joined by a veth pair on 198.18.0.0/24 (a test range), with the same
+//! formation key: a document written to one must appear on the other, and
+//! an edit made on the second must come back to the first.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::host;
+
+const NETNS: [&str; 2] = ["peatvm-a", "peatvm-b"];
+const ADDRS: [&str; 2] = ["198.18.0.1", "198.18.0.2"];
+const API: &str = "tcp://127.0.0.1:50051";
+
+/// Removes the namespaces and stops the sidecars however the test ends.
+struct Lab {
+    children: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SIGTERM first: the daemon exits promptly on it.
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+        }
+        for child in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in NETNS {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
+
+fn in_ns(ns: &str, program: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    host::output(Command::new("ip").args(args)).map(|_| ())
+}
+
+pub fn run(binary: &Path, work: &Path) -> Result<()> {
+    std::fs::create_dir_all(work)?;
+    for ns in NETNS {
+        let _ = Command::new("ip").args(["netns", "delete", ns]).stderr(Stdio::null()).status();
+    }
+    let mut lab = Lab { children: Vec::new() };
+    for ns in NETNS {
+        ip(&["netns", "add", ns])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    ip(&[
+        "link",
+        "add",
+        "peatvm-a0",
+        "netns",
+        NETNS[0],
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peatvm-b0",
+        "netns",
+        NETNS[1],
+    ])?;
+    for (i, ns) in NETNS.iter().enumerate() {
+        let dev = if i == 0 { "peatvm-a0" } else { "peatvm-b0" };
+        ip(&["-n", ns, "addr", "add", &format!("{}/24", ADDRS[i]), "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+
+    let key = host::output(Command::new(binary).arg("keygen")).context("peat-sidecar keygen")?;
+    let key_file = work.join("shared.key");
+    std::fs::write(&key_file, key.trim())?;
+    for i in 0..2 {
+        let other = ADDRS[1 - i];
+        let data = work.join(format!("data-{i}"));
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::File::create(work.join(format!("node-{i}.log")))?;
+        let child = in_ns(NETNS[i], binary)
+            .arg("serve")
+            .args(["--listen", API, "--data-dir"])
+            .arg(&data)
+            .args(["--node-id", &format!("vm-node-{i}"), "--app-id", "vm-test", "--shared-key-file"])
+            .arg(&key_file)
+            .args(["--mesh-listen", &format!("tcp://{}:7420", ADDRS[i])])
+            .args(["--peer", &format!("{other}:7420")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting peat-sidecar serve in a namespace")?;
+        lab.children.push(child);
+    }
+    let ctl = |i: usize, args: &[&str]| -> Result<String> {
+        host::output(in_ns(NETNS[i], binary).args(["ctl", "--addr", API]).args(args))
+    };
+    let logs = || {
+        (0..2)
+            .map(|i| format!("node {i} log:\n{}", host::tail(&work.join(format!("node-{i}.log")), 30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for i in 0..2 {
+        wait_for(Duration::from_secs(30), || ctl(i, &["status"]).is_ok())
+            .with_context(|| format!("node {i} did not serve its API\n{}", logs()))?;
+    }
+    println!("both sidecars serve; writing on node 0");
+    ctl(0, &["put", "vmtest", "doc-1", r#"{"written_by":"node-0","n":1}"#])?;
+    wait_for(Duration::from_secs(60), || ctl(1, &["get", "vmtest", "doc-1"]).is_ok_and(|out| out.contains("node-0")))
+        .with_context(|| format!("node 1 never saw doc-1 written on node 0\n{}", logs()))?;
+    println!("node 1 has doc-1; editing it there");
+    ctl(1, &["put", "vmtest", "doc-1", r#"{"written_by":"node-1","n":2}"#])?;
+    wait_for(Duration::from_secs(60), || ctl(0, &["get", "vmtest", "doc-1"]).is_ok_and(|out| out.contains("node-1")))
+        .with_context(|| format!("node 0 never saw node 1's edit of doc-1\n{}", logs()))?;
+    println!("node 0 has node 1's edit: the mesh synced both ways");
+    let peers = ctl(0, &["peers"]).unwrap_or_default();
+    println!("node 0 peers:\n{}", peers.trim_end());
+    drop(lab);
+    Ok(())
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("gave up after {} s", limit.as_secs())
+}
