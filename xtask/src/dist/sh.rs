@@ -181,11 +181,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// SHA-256 of bytes, lower-case hex (see [`sha256_file`]).
 pub fn sha256_bytes(data: &[u8]) -> Result<String> {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting sha256sum")?;
+    let mut child =
+        Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting sha256sum")?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = data.to_vec();
     let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
