@@ -18,10 +18,14 @@ pub fn build(ctx: &Ctx) -> Result<PathBuf> {
     let root = ctx.root.display();
     let home = cargo_home.display();
     // Paths that would otherwise end up in panic messages and debug data.
-    let rustflags = format!(
+    let mut rustflags = format!(
         "-C target-feature=+crt-static --remap-path-prefix={root}=/build/peat-sidecar \
          --remap-path-prefix={home}=/cargo"
     );
+    // Generated code (build script output) lives in the target directory.
+    if !ctx.target_dir.starts_with(&ctx.root) {
+        rustflags.push_str(&format!(" --remap-path-prefix={}=/build/target", ctx.target_dir.display()));
+    }
     let cflags = format!("-ffile-prefix-map={root}=/build/peat-sidecar -ffile-prefix-map={home}=/cargo");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(&ctx.root)
