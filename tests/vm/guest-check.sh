@@ -330,9 +330,10 @@ pkg_purge() {
 [ -d /run/systemd/system ] || fail "systemd is not running"
 [ -f "$ARTIFACT" ] || fail "no such file: $ARTIFACT"
 [ -f "$NEWER" ] || fail "no such file: $NEWER"
+# In a subshell: os-release sets NAME, among others.
 # shellcheck source=/dev/null
-. /etc/os-release
-say "guest-check $KIND on $PRETTY_NAME, kernel $(uname -r), systemd $(systemctl --version | sed -n '1s/systemd \([0-9]*\).*/\1/p')"
+os=$(. /etc/os-release && echo "$PRETTY_NAME")
+say "guest-check $KIND on $os, kernel $(uname -r), systemd $(systemctl --version | sed -n '1s/systemd \([0-9]*\).*/\1/p')"
 say "artifact: $(basename "$ARTIFACT"), upgrade: $(basename "$NEWER")"
 if user_exists || [ -e /usr/bin/$NAME ]; then
     fail "this host already has $NAME; use a fresh machine"

@@ -219,8 +219,7 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
         std::fs::create_dir_all(&share)?;
         guest::write_job(&share, "uname -r\nsystemctl is-system-running || true\nsystemctl --failed --no-legend\n")?;
         let limits = Limits { start: Duration::from_secs(300), total: Duration::from_secs(400), first_output: None };
-        let outcome = guest::boot(&image, accel, &work, &share, true, &limits)?;
-        print!("{}", outcome.log);
+        let outcome = guest::boot(&image, accel, &work, &share, true, Some("[smoke] "), &limits)?;
         if outcome.status != Some(0) {
             bail!("smoke boot failed: {}", guest::explain(&outcome));
         }
@@ -258,10 +257,7 @@ fn guest_kind(root: &Path, image: &image::Image, accel: Accel, work: &Path, kind
         total: Duration::from_secs(1200),
         first_output: None,
     };
-    let outcome = guest::boot(image, accel, work, &share, true, &limits)?;
-    for line in outcome.log.lines() {
-        println!("[{kind}] {line}");
-    }
+    let outcome = guest::boot(image, accel, work, &share, true, Some(&format!("[{kind}] ")), &limits)?;
     let passed = outcome.status == Some(0) && outcome.aborted.is_none();
     let note = if passed {
         String::new()
