@@ -1,5 +1,6 @@
-//! Generates the API's message types and service stubs from `proto/`, and the
-//! descriptor set that server reflection publishes.
+//! Generates code from `proto/`: the application API (connectrpc: message
+//! types, service stubs, and the descriptor set that server reflection
+//! publishes) and the mesh protocol (tonic).
 fn main() {
     connectrpc_build::Config::new()
         .files(&["proto/peat/sidecar/v1/sidecar.proto"])
@@ -8,4 +9,7 @@ fn main() {
         .emit_descriptor_set("peat_sidecar_descriptor.bin")
         .compile()
         .expect("compiling proto/peat/sidecar/v1/sidecar.proto (is protoc installed?)");
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/peat/mesh/v1/mesh.proto"], &["proto/"])
+        .expect("compiling proto/peat/mesh/v1/mesh.proto (is protoc installed?)");
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::api::Api;
 use crate::config::{DataDirSource, Settings};
 use crate::listen::{ListenAddr, Listener};
+use crate::mesh::{Mesh, MeshOptions};
 use crate::node::{Node, Phase};
 use crate::proto::peat::sidecar::v1::{PEAT_SIDECAR_SERVICE_NAME, PeatSidecarExt};
 use crate::store::{DocumentStore, StoreOptions};
@@ -21,6 +22,8 @@ use crate::systemd;
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peat_sidecar_descriptor.bin"));
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // One process-wide TLS provider, whichever crates ask for rustls.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (data_dir, source) = settings.resolve_data_dir();
     match source {
         DataDirSource::UserState => tracing::info!(
@@ -30,6 +33,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         _ => tracing::info!(data_dir = %data_dir.display(), ?source, "data directory"),
     }
     create_data_dir(&data_dir)?;
+    // Validate the mesh settings before touching the store, so a bad key or
+    // listen address fails fast.
+    let mesh_options = MeshOptions::from_settings(&settings)?;
 
     let store = DocumentStore::open(&StoreOptions {
         path: data_dir.clone(),
@@ -39,8 +45,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let node_id = store.node_id(settings.node_id.as_deref()).await?;
     let node = Arc::new(Node::new(node_id));
 
+    // UDS Remote Agent watcher: settings (and TLS files) are checked here, before READY.
+    let agent_watcher = crate::watcher::WatcherConfig::from_settings(&settings, &node.id)?
+        .map(|config| crate::watcher::Watcher::start(config, store.clone()));
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let api = Arc::new(Api::new(store.clone(), Arc::clone(&node), shutdown_rx));
+    let mesh = if mesh_options.listen.is_none()
+        && mesh_options.peers.is_empty()
+        && settings.mesh_listen.as_deref() == Some("disabled")
+    {
+        None
+    } else {
+        Some(Mesh::start(mesh_options, store.clone(), Arc::clone(&node), shutdown_rx.clone()).await?)
+    };
+    let api = Arc::new(Api::new(store.clone(), Arc::clone(&node), mesh, shutdown_rx));
     let router = api.register(Router::new());
     let (router, health) = connectrpc_health::install_static(router, [PEAT_SIDECAR_SERVICE_NAME]);
     let reflector = connectrpc_reflection::Reflector::from_descriptor_set_bytes(DESCRIPTOR_SET)
@@ -90,6 +108,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(agent_watcher) = agent_watcher {
+        agent_watcher.stop().await;
     }
     store.flush().await.context("flushing the store at shutdown")?;
     tracing::info!("stopped");

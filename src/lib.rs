@@ -10,10 +10,12 @@ pub mod ctl;
 pub mod daemon;
 pub mod listen;
 pub mod logging;
+pub mod mesh;
 pub mod node;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod watcher;
 
 /// Generated message types, service trait and client of `peat.sidecar.v1`.
 pub mod proto {

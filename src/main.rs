@@ -8,6 +8,7 @@ use peat_sidecar::config::Settings;
 
 // musl's allocator serialises multithreaded allocation; mimalloc keeps the
 // static binary as fast as a glibc build.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # After unpacking. dpkg postinst: configure [old-version] | abort-*;
-# rpm %post: 1 = install, 2 or more = upgrade.
+# RPM %post: 1 = install, 2 or more = upgrade.
 # Install: directories, enable and start. Upgrade: restart if running.
 # Works without a running systemd (containers, chroots): then only the
 # enablement symlinks are made and nothing is started.

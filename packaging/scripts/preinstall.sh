@@ -1,6 +1,6 @@
 #!/bin/sh
 # Before unpacking. dpkg preinst: install [old-version] | upgrade old-version;
-# rpm %pre: 1 = install, 2 or more = upgrade.
+# RPM %pre: 1 = install, 2 or more = upgrade.
 # Creates the system user first, so that files owned by group peat-sidecar
 # (config.yaml) unpack with that group.
 set -eu
@@ -29,12 +29,8 @@ SYSUSERS
         getent group "$NAME" >/dev/null 2>&1 || groupadd --system "$NAME"
         useradd --system --gid "$NAME" --home-dir "$HOME_DIR" --no-create-home \
             --shell "$nologin" --comment "peat-sidecar CRDT sidecar" "$NAME"
-    elif command -v adduser >/dev/null 2>&1; then
-        # BusyBox
-        getent group "$NAME" >/dev/null 2>&1 || addgroup -S "$NAME"
-        adduser -S -D -H -h "$HOME_DIR" -s "$nologin" -G "$NAME" -g "peat-sidecar CRDT sidecar" "$NAME"
     else
-        echo "$NAME: cannot create system user: no systemd-sysusers, useradd or adduser" >&2
+        echo "$NAME: cannot create system user: neither systemd-sysusers nor useradd found" >&2
         exit 1
     fi
 }

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Before removing files. dpkg prerm: remove | upgrade new-version |
-# deconfigure | failed-upgrade; rpm %preun: 0 = removal, 1 or more = upgrade.
+# deconfigure | failed-upgrade; RPM %preun: 0 = removal, 1 or more = upgrade.
 # Only a real removal stops and disables the service: an upgrade leaves it
 # running for postinst to restart.
 set -eu

@@ -12,6 +12,7 @@ use connectrpc::{ConnectError, RequestContext, Response, ServiceRequest, Service
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
+use crate::mesh::{Mesh, MeshError};
 use crate::node::{Node, Phase};
 use crate::proto::peat::sidecar::v1::*;
 use crate::store::{DocumentStore, StoreError, validate};
@@ -21,13 +22,21 @@ use typed::TypedDocument;
 pub struct Api {
     store: DocumentStore,
     node: Arc<Node>,
+    /// `None` when the mesh is disabled (`mesh_listen: disabled` and no peers).
+    mesh: Option<Mesh>,
     /// Ends open `Subscribe` streams at shutdown so draining does not wait on them.
     shutdown: watch::Receiver<bool>,
 }
 
 impl Api {
-    pub fn new(store: DocumentStore, node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { store, node, shutdown }
+    pub fn new(store: DocumentStore, node: Arc<Node>, mesh: Option<Mesh>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { store, node, mesh, shutdown }
+    }
+
+    fn mesh(&self) -> Result<&Mesh, ConnectError> {
+        self.mesh.as_ref().ok_or_else(|| {
+            ConnectError::failed_precondition("the mesh is disabled on this node (mesh_listen: disabled)")
+        })
     }
 
     async fn put_typed<T: TypedDocument>(&self, message: Option<&T>) -> Result<(), ConnectError> {
@@ -71,6 +80,14 @@ pub fn store_error(err: StoreError) -> ConnectError {
     }
 }
 
+fn mesh_error(err: MeshError) -> ConnectError {
+    match err {
+        MeshError::InvalidPeer(message) => ConnectError::invalid_argument(message),
+        MeshError::UnknownPeer(id) => ConnectError::not_found(format!("endpoint_id: no known peer {id:?}")),
+        MeshError::Persist(message) => ConnectError::internal(message),
+    }
+}
+
 fn proto_phase(phase: Phase) -> NodePhase {
     match phase {
         Phase::Initializing => NodePhase::NODE_PHASE_INITIALIZING,
@@ -87,11 +104,12 @@ impl PeatSidecar for Api {
         _ctx: RequestContext,
         _req: ServiceRequest<'_, GetStatusRequest>,
     ) -> ServiceResult<GetStatusResponse> {
+        let stats = self.mesh.as_ref().map(Mesh::stats);
         Response::ok(GetStatusResponse {
             node_id: self.node.id.clone(),
-            endpoint_addr: String::new(),
-            sync_active: false,
-            connected_peers: 0,
+            endpoint_addr: self.mesh.as_ref().map(|m| m.endpoint().to_owned()).unwrap_or_default(),
+            sync_active: stats.is_some_and(|s| s.active),
+            connected_peers: stats.map_or(0, |s| s.connected_peers),
             phase: proto_phase(self.node.phase()).into(),
             ..Default::default()
         })
@@ -100,9 +118,14 @@ impl PeatSidecar for Api {
     async fn connect_peer(
         &self,
         _ctx: RequestContext,
-        _req: ServiceRequest<'_, ConnectPeerRequest>,
+        req: ServiceRequest<'_, ConnectPeerRequest>,
     ) -> ServiceResult<ConnectPeerResponse> {
-        Err(ConnectError::unimplemented("the mesh is not available in this build"))
+        if !req.relay_url.is_empty() {
+            return Err(ConnectError::invalid_argument("relay_url: relays are not supported; give addresses"));
+        }
+        let addresses: Vec<String> = req.addresses.iter().map(|a| a.to_string()).collect();
+        self.mesh()?.connect_peer(req.endpoint_id, &addresses).await.map_err(mesh_error)?;
+        Response::ok(ConnectPeerResponse::default())
     }
 
     async fn disconnect_peer(
@@ -110,7 +133,8 @@ impl PeatSidecar for Api {
         _ctx: RequestContext,
         req: ServiceRequest<'_, DisconnectPeerRequest>,
     ) -> ServiceResult<DisconnectPeerResponse> {
-        Err(ConnectError::not_found(format!("endpoint_id: no peer {:?}", req.endpoint_id)))
+        self.mesh()?.disconnect_peer(req.endpoint_id).await.map_err(mesh_error)?;
+        Response::ok(DisconnectPeerResponse::default())
     }
 
     async fn list_peers(
@@ -118,7 +142,20 @@ impl PeatSidecar for Api {
         _ctx: RequestContext,
         _req: ServiceRequest<'_, ListPeersRequest>,
     ) -> ServiceResult<ListPeersResponse> {
-        Response::ok(ListPeersResponse::default())
+        let peers = self
+            .mesh
+            .as_ref()
+            .map(Mesh::peers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| PeerInfo {
+                endpoint_id: p.endpoint_id,
+                addresses: p.addresses,
+                connected: p.connected,
+                ..Default::default()
+            })
+            .collect();
+        Response::ok(ListPeersResponse { peers, ..Default::default() })
     }
 
     async fn put_document(
@@ -250,7 +287,8 @@ impl PeatSidecar for Api {
         _ctx: RequestContext,
         _req: ServiceRequest<'_, StartSyncRequest>,
     ) -> ServiceResult<StartSyncResponse> {
-        Err(ConnectError::failed_precondition("the mesh is not available in this build"))
+        self.mesh()?.start_sync();
+        Response::ok(StartSyncResponse::default())
     }
 
     async fn stop_sync(
@@ -258,7 +296,8 @@ impl PeatSidecar for Api {
         _ctx: RequestContext,
         _req: ServiceRequest<'_, StopSyncRequest>,
     ) -> ServiceResult<StopSyncResponse> {
-        Err(ConnectError::failed_precondition("the mesh is not available in this build"))
+        self.mesh()?.stop_sync();
+        Response::ok(StopSyncResponse::default())
     }
 
     async fn get_sync_stats(
@@ -266,7 +305,16 @@ impl PeatSidecar for Api {
         _ctx: RequestContext,
         _req: ServiceRequest<'_, GetSyncStatsRequest>,
     ) -> ServiceResult<GetSyncStatsResponse> {
-        Response::ok(GetSyncStatsResponse::default())
+        let Some(stats) = self.mesh.as_ref().map(Mesh::stats) else {
+            return Response::ok(GetSyncStatsResponse::default());
+        };
+        Response::ok(GetSyncStatsResponse {
+            sync_active: stats.active,
+            connected_peers: stats.connected_peers,
+            bytes_sent: stats.bytes_sent,
+            bytes_received: stats.bytes_received,
+            ..Default::default()
+        })
     }
 }
 
@@ -291,7 +339,7 @@ fn change_stream(
         loop {
             let received = tokio::select! {
                 received = s.feed.recv() => received,
-                _ = s.shutdown.wait_for(|stop| *stop) => return None,
+                () = crate::mesh::until(&mut s.shutdown, true) => return None,
             };
             match received {
                 Ok(change) => {

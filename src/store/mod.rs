@@ -40,6 +40,9 @@ const FEED_CAPACITY: usize = 4096;
 const ENCRYPTION_MARKER: &[u8] = b"encryption";
 const PLAINTEXT_MARKER: &[u8] = b"none";
 const KEY_CHECK: &[u8] = b"peat-sidecar encryption key check";
+/// Meta key of the store's epoch: a random id minted with the store, so a
+/// peer's cursor into this store's change log dies with the store.
+const EPOCH_KEY: &[u8] = b"epoch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +82,8 @@ pub struct DocumentChange {
     /// The merged JSON after the change; `None` for a delete.
     pub json: Option<Arc<str>>,
     pub heads: Vec<ChangeHash>,
+    /// The document's new position in the change log.
+    pub log_seq: u64,
     pub origin: Origin,
 }
 
@@ -106,6 +111,11 @@ struct Inner {
     max_document_bytes: usize,
     // A std Mutex: no `.await` happens while it (or a document lock) is held.
     cache: Mutex<DocCache>,
+    /// Last change-log sequence number handed out. Held while a write's batch
+    /// is applied, so log entries become visible in sequence order and a
+    /// reader that saw entry N never misses a lower one later.
+    log_head: Mutex<u64>,
+    epoch: String,
     feed: broadcast::Sender<DocumentChange>,
     commit: GroupCommit,
 }
@@ -131,6 +141,18 @@ impl DocumentStore {
         let meta = db.open_tree("meta")?;
         let cipher = options.encryption_key.as_ref().map(Cipher::new);
         check_encryption(&path, &meta, &docs, cipher.as_ref())?;
+        let log_head = match docs.scan_prefix(record::log_prefix()).keys().next_back() {
+            Some(key) => record::log_seq_from_key(&key?).ok_or_else(|| corrupt_key(b"log"))?,
+            None => 0,
+        };
+        let epoch = match meta.get(EPOCH_KEY)? {
+            Some(epoch) => String::from_utf8_lossy(&epoch).into_owned(),
+            None => {
+                let epoch = crate::node::generate_node_id().replace("node-", "");
+                meta.insert(EPOCH_KEY, epoch.as_bytes())?;
+                epoch
+            }
+        };
         db.flush()?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         Ok(Self {
@@ -144,6 +166,8 @@ impl DocumentStore {
                 actor: ActorId::random(),
                 max_document_bytes: options.max_document_bytes,
                 cache: Mutex::default(),
+                log_head: Mutex::new(log_head),
+                epoch,
                 feed,
             }),
         })
@@ -179,7 +203,11 @@ impl DocumentStore {
             let mut tx = doc.transaction();
             let data = data_object(&mut tx)?;
             json::reconcile_map(&mut tx, &data, content)?;
-            if is_deleted(&tx) {
+            // Reviving a deleted document, or creating one: the explicit flag
+            // also makes creating an empty document `{}` a real change that
+            // is persisted and synced (reconciling `{}` into the genesis
+            // document produces no other operation).
+            if is_deleted(&tx) || tx.get(ROOT, DELETED_KEY)?.is_none() {
                 tx.put(ROOT, DELETED_KEY, false)?;
             }
             Ok(tx.commit().0.is_some())
@@ -270,6 +298,30 @@ impl DocumentStore {
         })
     }
 
+    /// The random id of this store instance (see [`EPOCH_KEY`]).
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    /// The highest change-log sequence number written so far.
+    pub fn log_head(&self) -> u64 {
+        *self.inner.log_head.lock().expect("log lock")
+    }
+
+    /// Up to `limit` change-log entries after `after`, in sequence order.
+    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, DocKey)>, StoreError> {
+        let start = record::log_key(after.saturating_add(1));
+        let end = record::log_key(u64::MAX);
+        let mut entries = Vec::new();
+        for entry in self.inner.docs.range(start..=end).take(limit) {
+            let (key, value) = entry?;
+            let seq = record::log_seq_from_key(&key).ok_or_else(|| corrupt_key(&key))?;
+            let doc = DocKey::from_bytes(&value).ok_or_else(|| corrupt_key(&value))?;
+            entries.push((seq, doc));
+        }
+        Ok(entries)
+    }
+
     /// The document's heads, if it exists (tombstoned or not).
     pub fn heads(&self, key: &DocKey) -> Result<Option<Vec<ChangeHash>>, StoreError> {
         Ok(self.record(key)?.map(|r| r.heads))
@@ -281,17 +333,15 @@ impl DocumentStore {
         key: &DocKey,
         state: &mut sync::State,
     ) -> Result<Option<sync::Message>, StoreError> {
-        let doc = match self.record(key)? {
-            Some(_) => self.load(key)?,
-            // A document we never had: answer from an empty one so the peer sends it all.
-            None => return Ok(Automerge::new().generate_sync_message(state)),
-        };
+        // A document we never had is its genesis, like everywhere else.
+        let doc = self.load_or_create(key)?;
         let doc = doc.lock().expect("document lock");
         Ok(doc.generate_sync_message(state))
     }
 
-    /// Applies a peer's sync message, persisting and publishing any new changes.
-    pub async fn receive_sync_message(
+    /// Applies a peer's sync message, persisting and publishing any new
+    /// changes. Not yet durable: call [`Self::flush`] before acknowledging.
+    pub fn receive_sync_message(
         &self,
         key: &DocKey,
         state: &mut sync::State,
@@ -300,15 +350,11 @@ impl DocumentStore {
     ) -> Result<bool, StoreError> {
         validate::collection(&key.collection)?;
         validate::doc_id(&key.doc_id)?;
-        let changed = self.apply(key, Origin::Peer(Arc::clone(peer)), |doc| {
+        self.apply(key, Origin::Peer(Arc::clone(peer)), |doc| {
             let before = doc.get_heads();
             doc.receive_sync_message(state, message)?;
             Ok(doc.get_heads() != before)
-        })?;
-        if changed {
-            self.inner.commit.durable().await?;
-        }
-        Ok(changed)
+        })
     }
 
     /// Reads a node-level value (node id, known peers, ...).
@@ -422,12 +468,22 @@ impl DocumentStore {
             };
             serde_json::to_string(&content).expect("JSON maps serialise")
         };
+        let mut log_head = self.inner.log_head.lock().expect("log lock");
+        let log_seq = *log_head + 1;
+        if record.log_seq != 0 {
+            batch.remove(&record::log_key(record.log_seq));
+        }
+        batch.insert(&record::log_key(log_seq), key.to_bytes());
+        record.log_seq = log_seq;
         batch.insert(key.record_key(), self.seal_value(&record.encode()));
         self.inner.docs.apply_batch(batch)?;
+        *log_head = log_seq;
+        drop(log_head);
         Ok(DocumentChange {
             key: key.clone(),
             json: (!record.deleted).then(|| Arc::from(record.json.as_str())),
             heads: record.heads,
+            log_seq,
             origin: Origin::Local,
         })
     }

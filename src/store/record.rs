@@ -7,6 +7,10 @@
 //! - `c` + doc key + 0xFF + seq (u64 BE) → an Automerge chunk: a saved snapshot or
 //!   one incremental change. Loading a document concatenates its chunks in order.
 //!
+//! - `l` + seq (u64 BE) → doc key: the change log. Every persisted change
+//!   moves its document to a new, higher sequence number, so the entries after
+//!   a peer's cursor are exactly the documents that changed since.
+//!
 //! A doc key is `collection 0x00 doc_id`; 0xFF never occurs in UTF-8, so a
 //! document's chunk prefix can never match another document's.
 
@@ -15,6 +19,7 @@ use automerge::ChangeHash;
 const RECORD_PREFIX: u8 = b'r';
 const CHUNK_PREFIX: u8 = b'c';
 const CHUNK_SEPARATOR: u8 = 0xFF;
+const LOG_PREFIX: u8 = b'l';
 const RECORD_VERSION: u8 = 1;
 
 /// Identifies a document: its collection and id.
@@ -83,6 +88,20 @@ pub fn record_prefix() -> [u8; 1] {
     [RECORD_PREFIX]
 }
 
+pub fn log_prefix() -> [u8; 1] {
+    [LOG_PREFIX]
+}
+
+pub fn log_key(seq: u64) -> [u8; 9] {
+    let mut out = [LOG_PREFIX; 9];
+    out[1..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+pub fn log_seq_from_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.strip_prefix(&[LOG_PREFIX])?.try_into().ok()?))
+}
+
 /// Per-document metadata, rewritten on every change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DocRecord {
@@ -96,6 +115,8 @@ pub struct DocRecord {
     /// compaction runs when the increments outgrow the snapshot.
     pub snapshot_bytes: u64,
     pub incremental_bytes: u64,
+    /// This document's entry in the change log (0: none yet).
+    pub log_seq: u64,
     /// The document's JSON (empty when deleted).
     pub json: String,
 }
@@ -113,6 +134,7 @@ impl DocRecord {
         out.extend_from_slice(&self.chunk_count.to_be_bytes());
         out.extend_from_slice(&self.snapshot_bytes.to_be_bytes());
         out.extend_from_slice(&self.incremental_bytes.to_be_bytes());
+        out.extend_from_slice(&self.log_seq.to_be_bytes());
         out.extend_from_slice(&(self.heads.len() as u16).to_be_bytes());
         for head in &self.heads {
             out.extend_from_slice(&head.0);
@@ -131,13 +153,14 @@ impl DocRecord {
         let chunk_count = u32::from_be_bytes(r.array()?);
         let snapshot_bytes = u64::from_be_bytes(r.array()?);
         let incremental_bytes = u64::from_be_bytes(r.array()?);
+        let log_seq = u64::from_be_bytes(r.array()?);
         let head_count = u16::from_be_bytes(r.array()?);
         let mut heads = Vec::with_capacity(head_count as usize);
         for _ in 0..head_count {
             heads.push(ChangeHash(r.array()?));
         }
         let json = String::from_utf8(r.0.to_vec()).map_err(|_| MalformedRecord)?;
-        Ok(Self { deleted, heads, next_seq, chunk_count, snapshot_bytes, incremental_bytes, json })
+        Ok(Self { deleted, heads, next_seq, chunk_count, snapshot_bytes, incremental_bytes, log_seq, json })
     }
 }
 
@@ -171,6 +194,7 @@ mod tests {
             chunk_count: 3,
             snapshot_bytes: 1000,
             incremental_bytes: 17,
+            log_seq: 5,
             json: r#"{"a":1}"#.into(),
         };
         assert_eq!(DocRecord::decode(&record.encode()).unwrap(), record);

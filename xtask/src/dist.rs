@@ -11,7 +11,7 @@ mod checks;
 mod oci;
 mod packages;
 mod repro;
-mod sh;
+pub(crate) mod sh;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,13 +68,8 @@ impl Ctx {
     }
     /// The artifacts listed in SHA256SUMS.
     pub fn artifact_names(&self) -> Vec<String> {
-        let mut names = vec![
-            self.binary_name(),
-            self.deb_name(),
-            self.rpm_name(),
-            self.oci_archive_name(),
-            self.tarball_name(),
-        ];
+        let mut names =
+            vec![self.binary_name(), self.deb_name(), self.rpm_name(), self.oci_archive_name(), self.tarball_name()];
         names.sort();
         names
     }
@@ -113,9 +108,12 @@ pub fn repo_root() -> Result<PathBuf> {
 /// Reads version, metadata, commit and time for a build of `root`.
 pub fn context(root: &Path) -> Result<Ctx> {
     let meta = sh::output(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(root)
-            .args(["metadata", "--no-deps", "--format-version", "1"]),
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).current_dir(root).args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ]),
     )?;
     let meta: serde_json::Value = serde_json::from_str(&meta).context("parsing cargo metadata")?;
     let package = meta["packages"]
@@ -150,10 +148,7 @@ pub fn context(root: &Path) -> Result<Ctx> {
 /// Builds every artifact into `<root>/dist` and returns the build context.
 pub fn build(root: &Path) -> Result<Ctx> {
     let ctx = context(root)?;
-    eprintln!(
-        "peat-sidecar {}-{} at {} (SOURCE_DATE_EPOCH={})",
-        ctx.version, ctx.release, ctx.revision, ctx.epoch
-    );
+    eprintln!("peat-sidecar {}-{} at {} (SOURCE_DATE_EPOCH={})", ctx.version, ctx.release, ctx.revision, ctx.epoch);
     let nfpm = sh::stage("tools", || {
         sh::ensure_apt(&[
             ("musl-gcc", "musl-tools"),

@@ -151,7 +151,9 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("{}\n{}", deb.display(), rpm.display());
             Ok((deb, rpm))
         })?;
-        let accel = host::stage(&mut timings, "accelerator", || guest::choose_accel(&image, &run_dir.join("probe"), opts.accel))?;
+        let accel = host::stage(&mut timings, "accelerator", || {
+            guest::choose_accel(&image, &run_dir.join("probe"), opts.accel)
+        })?;
         for kind in &guest_kinds {
             let (artifact, newer) = match kind.as_str() {
                 "deb" => (art.deb.clone(), upgrade.0.clone()),
@@ -237,7 +239,15 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
 
 /// One kind in one fresh guest: share the script and artifacts, boot, and
 /// turn the guest's log and exit status into a row.
-fn guest_kind(root: &Path, image: &image::Image, accel: Accel, work: &Path, kind: &str, artifact: &Path, newer: &Path) -> Result<Row> {
+fn guest_kind(
+    root: &Path,
+    image: &image::Image,
+    accel: Accel,
+    work: &Path,
+    kind: &str,
+    artifact: &Path,
+    newer: &Path,
+) -> Result<Row> {
     let share = work.join("share");
     let dir = share.join("artifacts");
     std::fs::create_dir_all(&dir)?;
@@ -252,11 +262,7 @@ fn guest_kind(root: &Path, image: &image::Image, accel: Accel, work: &Path, kind
     let (first, second) = (copy_in(artifact)?, copy_in(newer)?);
     std::fs::copy(root.join("tests/vm/guest-check.sh"), share.join("guest-check.sh"))?;
     guest::write_job(&share, &format!("exec sh ./guest-check.sh '{kind}' \"$PWD/{first}\" \"$PWD/{second}\"\n"))?;
-    let limits = Limits {
-        start: Duration::from_secs(300),
-        total: Duration::from_secs(1200),
-        first_output: None,
-    };
+    let limits = Limits { start: Duration::from_secs(300), total: Duration::from_secs(1200), first_output: None };
     let outcome = guest::boot(image, accel, work, &share, true, Some(&format!("[{kind}] ")), &limits)?;
     let passed = outcome.status == Some(0) && outcome.aborted.is_none();
     let note = if passed {

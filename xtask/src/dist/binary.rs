@@ -56,7 +56,8 @@ fn cargo_home() -> Result<PathBuf> {
 /// a static executable without an ELF interpreter.
 pub fn install_stripped(built: &Path, dst: &Path) -> Result<()> {
     std::fs::copy(built, dst).with_context(|| format!("copying {} to {}", built.display(), dst.display()))?;
-    sh::run(Command::new("strip").args(["--strip-all"]).arg(dst)).context("stripping the binary")?;
+    sh::run(Command::new("strip").args(["--strip-all", "--remove-section=.comment"]).arg(dst))
+        .context("stripping the binary")?;
     set_mode(dst, 0o755)?;
     check_static(dst)
 }
@@ -67,8 +68,7 @@ pub fn check_static(bin: &Path) -> Result<()> {
     let desc = sh::output(Command::new("file").arg("-b").arg(bin))?;
     let desc = desc.trim();
     let is_static = desc.contains("statically linked") || desc.contains("static-pie linked");
-    if !is_static || desc.contains("interpreter") || desc.contains("not stripped") || !desc.contains("stripped")
-    {
+    if !is_static || desc.contains("interpreter") || desc.contains("not stripped") || !desc.contains("stripped") {
         bail!("{} is not a stripped static executable: file says `{desc}`", bin.display());
     }
     eprintln!("file: {desc}");

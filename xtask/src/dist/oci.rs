@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
-    ImageIndexBuilder, ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder,
-    RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder,
 };
 
 use super::archive::{self, Content, Entry};
@@ -99,10 +98,8 @@ pub fn build(ctx: &Ctx, bin: &Path, layout: &Path, archive_path: &Path) -> Resul
     let manifest_desc = write_json_blob(&blobs, &manifest, MediaType::ImageManifest)?;
     let mut annotated = manifest_desc;
     annotated.set_platform(Some(PlatformBuilder::default().architecture(Arch::Amd64).os(Os::Linux).build()?));
-    annotated.set_annotations(Some(HashMap::from([(
-        "org.opencontainers.image.ref.name".to_owned(),
-        ctx.version.clone(),
-    )])));
+    annotated
+        .set_annotations(Some(HashMap::from([("org.opencontainers.image.ref.name".to_owned(), ctx.version.clone())])));
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
@@ -167,10 +164,5 @@ pub fn rfc3339(epoch: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }

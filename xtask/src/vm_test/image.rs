@@ -20,7 +20,8 @@ const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// What the checks need besides minbase: systemd as init, udev for the
 /// virtio devices, initramfs-tools for the small initrd, rpm to install the
 /// .rpm with its scriptlets, curl for Connect JSON, iproute2 for `ss`.
-const PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev", "initramfs-tools", "kmod", "rpm", "curl", "iproute2", "procps"];
+const PACKAGES: &[&str] =
+    &["systemd", "systemd-sysv", "udev", "initramfs-tools", "kmod", "rpm", "curl", "iproute2", "procps"];
 const DISK_SIZE: &str = "3G";
 
 /// A built guest in the cache.
@@ -57,7 +58,8 @@ fn image_files(root: &Path) -> Result<Vec<PathBuf>> {
 /// The cache key: a hash over the recipe, suite, mirror, package list and
 /// the contents of every file copied into the guest.
 fn key(root: &Path) -> Result<(String, String)> {
-    let mut inputs = format!("{RECIPE}\nsuite {SUITE}\nmirror {}\npackages {}\ndisk {DISK_SIZE}\n", mirror(), PACKAGES.join(","));
+    let mut inputs =
+        format!("{RECIPE}\nsuite {SUITE}\nmirror {}\npackages {}\ndisk {DISK_SIZE}\n", mirror(), PACKAGES.join(","));
     for file in image_files(root)? {
         let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
         let name = file.file_name().unwrap_or_default().to_string_lossy();

@@ -60,7 +60,20 @@ pub fn run(binary: &Path, work: &Path) -> Result<()> {
         ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
-    ip(&["link", "add", "peatvm-a0", "netns", NETNS[0], "type", "veth", "peer", "name", "peatvm-b0", "netns", NETNS[1]])?;
+    ip(&[
+        "link",
+        "add",
+        "peatvm-a0",
+        "netns",
+        NETNS[0],
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peatvm-b0",
+        "netns",
+        NETNS[1],
+    ])?;
     for (i, ns) in NETNS.iter().enumerate() {
         let dev = if i == 0 { "peatvm-a0" } else { "peatvm-b0" };
         ip(&["-n", ns, "addr", "add", &format!("{}/24", ADDRS[i]), "dev", dev])?;

@@ -1,0 +1,395 @@
+//! Shared integration-test support: runs the real `peat-sidecar` binary on a
+//! loopback port or a Unix socket in a temporary directory, waits until it
+//! logs that it is ready, builds API clients for every protocol/transport
+//! combination, and sends raw HTTP requests for malformed-input checks.
+//!
+//! Each test binary uses a different subset of this module.
+#![allow(dead_code)]
+
+pub mod agent_double;
+pub mod pki;
+pub mod sidecar;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use connectrpc::Protocol;
+use connectrpc::client::SharedHttp2Connection;
+use connectrpc::client::{BoxFuture, ClientBody, ClientConfig, ClientTransport, Http2Connection, HttpClient};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use peat_sidecar::proto::peat::sidecar::v1::PeatSidecarClient;
+
+/// Path of the binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_peat-sidecar"))
+}
+
+/// How long a sidecar gets to report readiness (debug builds on a busy machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the API listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// `tcp://127.0.0.1:0`; the real port is read from the ready log line.
+    Tcp,
+    /// `unix://<tempdir>/api.sock`.
+    Unix,
+}
+
+/// How to start a sidecar. The data directory outlives the process so a
+/// test can restart on the same state.
+#[derive(Clone)]
+pub struct SidecarOptions {
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl SidecarOptions {
+    pub fn new(data_dir: &Path) -> Self {
+        Self { data_dir: data_dir.to_owned(), listen: Listen::Tcp, args: Vec::new(), env: Vec::new() }
+    }
+
+    pub fn listen(mut self, listen: Listen) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        self.data_dir.with_extension("sock")
+    }
+
+    /// The command line, with an isolated environment: no system config
+    /// file, no inherited `PEAT_SIDECAR_*` or systemd variables.
+    fn command(&self) -> Command {
+        let listen = match self.listen {
+            Listen::Tcp => "tcp://127.0.0.1:0".to_owned(),
+            Listen::Unix => format!("unix://{}", self.socket_path().display()),
+        };
+        let config = self.data_dir.with_extension("yaml");
+        if !config.exists() {
+            std::fs::write(&config, "log_level: info\n").expect("writing the test config file");
+        }
+        let mut cmd = Command::new(binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.data_dir.parent().expect("data dir has a parent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts the sidecar and waits until it is serving.
+    pub fn start(self) -> Sidecar {
+        match self.try_start() {
+            Ok(sidecar) => sidecar,
+            Err(output) => panic!("the sidecar did not become ready:\n{output}"),
+        }
+    }
+
+    /// Starts the sidecar; on failure returns everything it printed.
+    pub fn try_start(self) -> Result<Sidecar, String> {
+        let started = Instant::now();
+        let mut child = self.command().spawn().expect("spawning peat-sidecar");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().expect("stdout piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr piped")),
+        ] {
+            let output = Arc::clone(&output);
+            let ready_tx = ready_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(api) = ready_api(&line) {
+                        let _ = ready_tx.send(api);
+                    }
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        drop(ready_tx);
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(api) => Ok(Sidecar { child, addr: api, options: self, output, ready_after: started.elapsed() }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(output.lock().unwrap().clone())
+            }
+        }
+    }
+
+    /// Runs the sidecar expecting it to fail at startup; returns its exit
+    /// status and combined output.
+    pub fn start_expecting_failure(self) -> (ExitStatus, String) {
+        let mut child = self.command().spawn().expect("spawning peat-sidecar");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for peat-sidecar") {
+                let output = child.wait_with_output().expect("collecting output");
+                let text =
+                    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+                return (status, text);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("collecting output");
+                panic!("the sidecar kept running:\n{}", String::from_utf8_lossy(&output.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The `api` field of the JSON "peat-sidecar ready" log line.
+fn ready_api(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("message")?.as_str()? != "peat-sidecar ready" {
+        return None;
+    }
+    Some(value.get("api")?.as_str()?.to_owned())
+}
+
+/// A running sidecar; killed when dropped.
+pub struct Sidecar {
+    child: Child,
+    /// `tcp://127.0.0.1:PORT` or `unix:///path`.
+    pub addr: String,
+    pub options: SidecarOptions,
+    output: Arc<Mutex<String>>,
+    pub ready_after: Duration,
+}
+
+impl Sidecar {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything the process logged so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// `http://127.0.0.1:PORT` for TCP sidecars.
+    pub fn http_base(&self) -> String {
+        let hostport = self.addr.strip_prefix("tcp://").expect("a TCP sidecar");
+        format!("http://{hostport}")
+    }
+
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.addr.strip_prefix("unix://").map(PathBuf::from)
+    }
+
+    /// A client for `protocol` over HTTP/2 (h2c or over the Unix socket).
+    pub fn client_h2(&self, protocol: Protocol, json: bool) -> Client {
+        let (connection, base) = match self.socket_path() {
+            Some(path) => {
+                let uri: http::Uri = "http://localhost".parse().unwrap();
+                (Http2Connection::lazy_unix(path, uri.clone()), uri)
+            }
+            None => {
+                let uri: http::Uri = self.http_base().parse().unwrap();
+                (Http2Connection::lazy_plaintext(uri.clone()), uri)
+            }
+        };
+        client(AnyTransport::H2(connection.shared(64)), base, protocol, json)
+    }
+
+    /// A client for `protocol` over pooled HTTP/1.1 connections (TCP only).
+    pub fn client_h1(&self, protocol: Protocol, json: bool) -> Client {
+        let base: http::Uri = self.http_base().parse().unwrap();
+        client(AnyTransport::H1(Box::new(HttpClient::plaintext())), base, protocol, json)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and how long it took.
+    pub fn terminate(mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        signal(self.pid(), libc::SIGTERM);
+        let deadline = started + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for peat-sidecar") {
+                return (status, started.elapsed());
+            }
+            assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILLs the process and reaps it; returns the options to restart it.
+    pub fn kill(mut self) -> SidecarOptions {
+        signal(self.pid(), libc::SIGKILL);
+        let _ = self.child.wait();
+        self.options.clone()
+    }
+
+    /// Stops with SIGTERM (asserting a clean exit) and starts again on the same data.
+    pub fn restart(self) -> Sidecar {
+        let output = self.output();
+        let options = self.options.clone();
+        let (status, _) = self.terminate();
+        assert!(status.success(), "exit status {status} after SIGTERM:\n{output}");
+        options.start()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child we spawned and have not reaped yet.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Either client transport, so one test body serves every combination.
+#[derive(Clone)]
+pub enum AnyTransport {
+    H1(Box<HttpClient>),
+    H2(SharedHttp2Connection),
+}
+
+impl ClientTransport for AnyTransport {
+    type ResponseBody = hyper::body::Incoming;
+    type Error = connectrpc::ConnectError;
+
+    fn send(
+        &self,
+        request: http::Request<ClientBody>,
+    ) -> BoxFuture<'static, Result<http::Response<Self::ResponseBody>, Self::Error>> {
+        match self {
+            Self::H1(client) => client.send(request),
+            Self::H2(connection) => connection.send(request),
+        }
+    }
+}
+
+pub type Client = PeatSidecarClient<AnyTransport>;
+
+fn client(transport: AnyTransport, base: http::Uri, protocol: Protocol, json: bool) -> Client {
+    let mut config = ClientConfig::new(base).with_protocol(protocol).with_default_timeout(Duration::from_secs(30));
+    if json {
+        config = config.json();
+    }
+    PeatSidecarClient::new(transport, config)
+}
+
+/// A raw HTTP response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl RawResponse {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A gRPC status header, from the trailers or (trailers-only responses) the headers.
+    pub fn grpc_header(&self, name: &str) -> Option<String> {
+        self.trailers
+            .as_ref()
+            .and_then(|t| t.get(name))
+            .or_else(|| self.headers.get(name))
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+    }
+}
+
+/// POSTs `body` to `path` of a TCP sidecar, bypassing every client library:
+/// what curl or a broken client would send.
+pub async fn raw_post(
+    sidecar: &Sidecar,
+    http2: bool,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> RawResponse {
+    let hostport = sidecar.addr.strip_prefix("tcp://").expect("a TCP sidecar").to_owned();
+    let stream = tokio::net::TcpStream::connect(&hostport).await.expect("connecting to the sidecar");
+    let io = TokioIo::new(stream);
+    let mut request = http::Request::post(format!("http://{hostport}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body))).unwrap();
+    let response = if http2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        sender.send_request(request).await.expect("sending the raw request")
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        sender.send_request(request).await.expect("sending the raw request")
+    };
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.expect("reading the raw response");
+    let trailers = collected.trailers().cloned();
+    RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
+}
+
+/// A gRPC length-prefixed message frame.
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// A multi-threaded runtime for tests that drive blocking process control too.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Polls `check` every 20 ms until it returns true; panics after `timeout`.
+pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
