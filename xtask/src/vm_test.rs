@@ -141,7 +141,8 @@ pub fn run(args: &[String]) -> Result<()> {
         Ok(art)
     })?;
 
-    let run_dir = std::env::temp_dir().join("peat-sidecar-vm-test");
+    // Per process: a developer's run and a test-suite run may overlap.
+    let run_dir = std::env::temp_dir().join(format!("peat-sidecar-vm-test-{}", std::process::id()));
     if run_dir.exists() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
     }

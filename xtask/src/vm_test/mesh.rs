@@ -11,12 +11,14 @@ use anyhow::{Context, Result, bail};
 
 use super::host;
 
-const NETNS: [&str; 2] = ["peatvm-a", "peatvm-b"];
 const ADDRS: [&str; 2] = ["198.18.0.1", "198.18.0.2"];
 const API: &str = "tcp://127.0.0.1:50051";
 
 /// Removes the namespaces and stops the sidecars however the test ends.
 struct Lab {
+    /// Namespace and veth names, unique to this process.
+    netns: [String; 2],
+    veth: [String; 2],
     children: Vec<Child>,
 }
 
@@ -34,7 +36,7 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in NETNS {
+        for ns in &self.netns {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
     }
@@ -52,32 +54,22 @@ fn ip(args: &[&str]) -> Result<()> {
 
 pub fn run(binary: &Path, work: &Path) -> Result<()> {
     std::fs::create_dir_all(work)?;
-    for ns in NETNS {
-        let _ = Command::new("ip").args(["netns", "delete", ns]).stderr(Stdio::null()).status();
-    }
-    let mut lab = Lab { children: Vec::new() };
-    for ns in NETNS {
+    let pid = std::process::id();
+    let mut lab = Lab {
+        netns: [format!("peatvm-{pid}-a"), format!("peatvm-{pid}-b")],
+        // Interface names have at most 15 characters.
+        veth: [format!("pv{pid}a"), format!("pv{pid}b")],
+        children: Vec::new(),
+    };
+    for ns in &lab.netns {
         ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
-    ip(&[
-        "link",
-        "add",
-        "peatvm-a0",
-        "netns",
-        NETNS[0],
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peatvm-b0",
-        "netns",
-        NETNS[1],
-    ])?;
-    for (i, ns) in NETNS.iter().enumerate() {
-        let dev = if i == 0 { "peatvm-a0" } else { "peatvm-b0" };
-        ip(&["-n", ns, "addr", "add", &format!("{}/24", ADDRS[i]), "dev", dev])?;
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    let (ns, veth) = (&lab.netns, &lab.veth);
+    ip(&["link", "add", &veth[0], "netns", &ns[0], "type", "veth", "peer", "name", &veth[1], "netns", &ns[1]])?;
+    for i in 0..2 {
+        ip(&["-n", &ns[i], "addr", "add", &format!("{}/24", ADDRS[i]), "dev", &veth[i]])?;
+        ip(&["-n", &ns[i], "link", "set", &veth[i], "up"])?;
     }
 
     let key = host::output(Command::new(binary).arg("keygen")).context("peat-sidecar keygen")?;
@@ -88,7 +80,7 @@ pub fn run(binary: &Path, work: &Path) -> Result<()> {
         let data = work.join(format!("data-{i}"));
         std::fs::create_dir_all(&data)?;
         let log = std::fs::File::create(work.join(format!("node-{i}.log")))?;
-        let child = in_ns(NETNS[i], binary)
+        let child = in_ns(&lab.netns[i], binary)
             .arg("serve")
             .args(["--listen", API, "--data-dir"])
             .arg(&data)
@@ -103,8 +95,9 @@ pub fn run(binary: &Path, work: &Path) -> Result<()> {
             .context("starting peat-sidecar serve in a namespace")?;
         lab.children.push(child);
     }
+    let netns = lab.netns.clone();
     let ctl = |i: usize, args: &[&str]| -> Result<String> {
-        host::output(in_ns(NETNS[i], binary).args(["ctl", "--addr", API]).args(args))
+        host::output(in_ns(&netns[i], binary).args(["ctl", "--addr", API]).args(args))
     };
     let logs = || {
         (0..2)
