@@ -273,21 +273,21 @@ unpack_release() { # TARBALL
     fi
 }
 
-# rpm_opts prints one option per line, none with spaces: split on purpose.
-# shellcheck disable=SC2046
+# rpm_opts prints options without spaces: $opts is split on purpose.
+# shellcheck disable=SC2086
 pkg_install() { # ARTIFACT
     case "$KIND" in
         deb) dpkg -i "$1" ;;
-        rpm) rpm -i $(rpm_opts "$1") "$1" ;;
+        rpm) opts=$(rpm_opts "$1") && echo "+ rpm -i" $opts "$1" && rpm -i $opts "$1" ;;
         install.sh) unpack_release "$1" && "$(release_script)" ;;
     esac
 }
 
-# shellcheck disable=SC2046
+# shellcheck disable=SC2086
 pkg_upgrade() { # ARTIFACT
     case "$KIND" in
         deb) dpkg -i "$1" ;;
-        rpm) rpm -U $(rpm_opts "$1") "$1" ;;
+        rpm) opts=$(rpm_opts "$1") && echo "+ rpm -U" $opts "$1" && rpm -U $opts "$1" ;;
         install.sh) unpack_release "$1" && "$(release_script)" ;;
     esac
 }
@@ -330,9 +330,10 @@ pkg_purge() {
 [ -d /run/systemd/system ] || fail "systemd is not running"
 [ -f "$ARTIFACT" ] || fail "no such file: $ARTIFACT"
 [ -f "$NEWER" ] || fail "no such file: $NEWER"
+# In a subshell: os-release sets NAME, among others.
 # shellcheck source=/dev/null
-. /etc/os-release
-say "guest-check $KIND on $PRETTY_NAME, kernel $(uname -r), systemd $(systemctl --version | sed -n '1s/systemd \([0-9]*\).*/\1/p')"
+os=$(. /etc/os-release && echo "$PRETTY_NAME")
+say "guest-check $KIND on $os, kernel $(uname -r), systemd $(systemctl --version | sed -n '1s/systemd \([0-9]*\).*/\1/p')"
 say "artifact: $(basename "$ARTIFACT"), upgrade: $(basename "$NEWER")"
 if user_exists || [ -e /usr/bin/$NAME ]; then
     fail "this host already has $NAME; use a fresh machine"
@@ -412,9 +413,14 @@ case "$KIND" in
         fi ;;
 esac
 before=$(invocation)
-check "upgrade $old_version -> $new_version" pkg_upgrade "$NEWER"
-[ "$(installed_version)" = "$new_version" ] || fail "installed version is $(installed_version), expected $new_version"
-ok "installed version $(installed_version)"
+if [ "$KIND" = install.sh ]; then
+    # install.sh records no version: its upgrade is a run over a running install.
+    check "install.sh over the running install" pkg_upgrade "$NEWER"
+else
+    check "upgrade $old_version -> $new_version" pkg_upgrade "$NEWER"
+    [ "$(installed_version)" = "$new_version" ] || fail "installed version is $(installed_version), expected $new_version"
+    ok "installed version $(installed_version)"
+fi
 grep -q "^# $MARK" "$CONFIG" || fail "the upgrade lost the edit of $CONFIG"
 grep -q "^listen: unix://$SOCKET" "$CONFIG" || fail "the upgrade changed listen: in $CONFIG"
 grep -q "^# $MARK" "$ENV_FILE" || fail "the upgrade lost the edit of $ENV_FILE"
@@ -435,6 +441,11 @@ enabled=$(systemctl is-enabled "$UNIT" 2>/dev/null || true)
 case "$enabled" in enabled | enabled-runtime) fail "$UNIT still enabled" ;; esac
 ok "$UNIT is not enabled (${enabled:-unknown unit})"
 absent /usr/bin/$NAME
+if [ "$KIND" = deb ]; then
+    status=$(dpkg-query -W -f '${Status}' "$NAME" 2>/dev/null || true)
+    [ "$status" = "deinstall ok config-files" ] || fail "dpkg status after remove: $status"
+    ok "dpkg status: $status"
+fi
 links=$(find /etc/systemd/system -name "$UNIT")
 [ -z "$links" ] || fail "enablement links of $UNIT are left: $links"
 ok "no enablement links left"

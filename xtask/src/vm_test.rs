@@ -37,6 +37,7 @@ options:
                     back to TCG when it does not come up
   --rebuild-image   build the guest image even when it is cached
   --image-only      only build (or find) the guest image and boot it once
+  --jobs N          guests run at the same time (default: one per CPU core)
   --keep            keep the run directory (overlays, consoles, logs)
 
 environment: PEAT_SIDECAR_VM_MIRROR (Debian mirror for the guest image)
@@ -51,6 +52,7 @@ struct Options {
     accel: Option<Accel>,
     rebuild: bool,
     image_only: bool,
+    jobs: usize,
     keep: bool,
 }
 
@@ -72,6 +74,8 @@ fn parse(args: &[String], root: &Path) -> Result<Option<Options>> {
         accel: None,
         rebuild: false,
         image_only: false,
+        // One guest per core: TCG runs each guest's CPU on one host thread.
+        jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         keep: false,
     };
     let mut it = args.iter();
@@ -98,6 +102,7 @@ fn parse(args: &[String], root: &Path) -> Result<Option<Options>> {
             }
             "--rebuild-image" => o.rebuild = true,
             "--image-only" => o.image_only = true,
+            "--jobs" => o.jobs = value()?.parse().context("--jobs needs a number")?,
             "--keep" => o.keep = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -136,7 +141,8 @@ pub fn run(args: &[String]) -> Result<()> {
         Ok(art)
     })?;
 
-    let run_dir = std::env::temp_dir().join("peat-sidecar-vm-test");
+    // Per process: a developer's run and a test-suite run may overlap.
+    let run_dir = std::env::temp_dir().join(format!("peat-sidecar-vm-test-{}", std::process::id()));
     if run_dir.exists() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
     }
@@ -154,19 +160,41 @@ pub fn run(args: &[String]) -> Result<()> {
         let accel = host::stage(&mut timings, "accelerator", || {
             guest::choose_accel(&image, &run_dir.join("probe"), opts.accel)
         })?;
-        for kind in &guest_kinds {
-            let (artifact, newer) = match kind.as_str() {
-                "deb" => (art.deb.clone(), upgrade.0.clone()),
-                "rpm" => (art.rpm.clone(), upgrade.1.clone()),
-                // The release tarball installs itself; its upgrade is the
-                // same release installed over a running one.
-                _ => (art.tarball.clone(), art.tarball.clone()),
-            };
-            let row = host::stage(&mut timings, &format!("guest {kind}"), || {
-                guest_kind(&root, &image, accel, &run_dir.join(kind), kind, &artifact, &newer)
-            })?;
-            rows.push(row);
-        }
+        let jobs = opts.jobs.clamp(1, guest_kinds.len());
+        let name = format!("guests ({}; {jobs} at a time)", guest_kinds.join(", "));
+        let mut guest_rows = host::stage(&mut timings, &name, || {
+            let queue = std::sync::Mutex::new(guest_kinds.iter().rev().cloned().collect::<Vec<_>>());
+            let done = std::sync::Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for _ in 0..jobs {
+                    scope.spawn(|| {
+                        while let Some(kind) = queue.lock().expect("queue").pop() {
+                            let (artifact, newer) = match kind.as_str() {
+                                "deb" => (art.deb.clone(), upgrade.0.clone()),
+                                "rpm" => (art.rpm.clone(), upgrade.1.clone()),
+                                // The release tarball installs itself; its upgrade
+                                // is the same release installed over a running one.
+                                _ => (art.tarball.clone(), art.tarball.clone()),
+                            };
+                            println!("--> guest {kind}: booting");
+                            let row = guest_kind(&root, &image, accel, &run_dir.join(&kind), &kind, &artifact, &newer)
+                                .unwrap_or_else(|err| Row {
+                                    kind: kind.clone(),
+                                    passed: false,
+                                    seconds: 0.0,
+                                    note: format!("{err:#}"),
+                                });
+                            let verdict = if row.passed { "pass" } else { "FAIL" };
+                            println!("<-- guest {kind}: {verdict} in {:.1} s", row.seconds);
+                            done.lock().expect("results").push(row);
+                        }
+                    });
+                }
+            });
+            Ok(done.into_inner().expect("results"))
+        })?;
+        guest_rows.sort_by_key(|r| guest_kinds.iter().position(|k| *k == r.kind));
+        rows.extend(guest_rows);
     }
     if opts.kinds.iter().any(|k| k == "mesh") {
         let row = host::stage(&mut timings, "mesh (two network namespaces)", || {
@@ -221,8 +249,7 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
         std::fs::create_dir_all(&share)?;
         guest::write_job(&share, "uname -r\nsystemctl is-system-running || true\nsystemctl --failed --no-legend\n")?;
         let limits = Limits { start: Duration::from_secs(300), total: Duration::from_secs(400), first_output: None };
-        let outcome = guest::boot(&image, accel, &work, &share, true, &limits)?;
-        print!("{}", outcome.log);
+        let outcome = guest::boot(&image, accel, &work, &share, true, Some("[smoke] "), &limits)?;
         if outcome.status != Some(0) {
             bail!("smoke boot failed: {}", guest::explain(&outcome));
         }
@@ -264,10 +291,7 @@ fn guest_kind(
     std::fs::copy(root.join("tests/vm/guest-check.sh"), share.join("guest-check.sh"))?;
     guest::write_job(&share, &format!("exec sh ./guest-check.sh '{kind}' \"$PWD/{first}\" \"$PWD/{second}\"\n"))?;
     let limits = Limits { start: Duration::from_secs(300), total: Duration::from_secs(1200), first_output: None };
-    let outcome = guest::boot(image, accel, work, &share, true, &limits)?;
-    for line in outcome.log.lines() {
-        println!("[{kind}] {line}");
-    }
+    let outcome = guest::boot(image, accel, work, &share, true, Some(&format!("[{kind}] ")), &limits)?;
     let passed = outcome.status == Some(0) && outcome.aborted.is_none();
     let note = if passed {
         String::new()

@@ -62,9 +62,38 @@ impl Drop for Qemu {
     }
 }
 
+/// Prints what the guest's job has written to the share's log so far, as
+/// whole lines prefixed with `prefix`.
+struct LogFollower {
+    path: PathBuf,
+    printed: usize,
+    prefix: String,
+}
+
+impl LogFollower {
+    fn poll(&mut self, flush: bool) {
+        let Ok(data) = std::fs::read(&self.path) else { return };
+        let new = &data[self.printed.min(data.len())..];
+        let end = if flush { new.len() } else { new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) };
+        for line in String::from_utf8_lossy(&new[..end]).lines() {
+            println!("{}{line}", self.prefix);
+        }
+        self.printed += end;
+    }
+}
+
 /// Boots a fresh overlay of `image` in `work` with `share` as the 9p share
-/// (which must hold an executable `job`), and waits for it to power off.
-pub fn boot(image: &Image, accel: Accel, work: &Path, share: &Path, quiet: bool, limits: &Limits) -> Result<Outcome> {
+/// (which must hold an executable `job`), streams the job's output with
+/// `prefix` (when given) and waits for the guest to power off.
+pub fn boot(
+    image: &Image,
+    accel: Accel,
+    work: &Path,
+    share: &Path,
+    quiet: bool,
+    prefix: Option<&str>,
+    limits: &Limits,
+) -> Result<Outcome> {
     let overlay = work.join("overlay.qcow2");
     if overlay.exists() {
         std::fs::remove_file(&overlay)?;
@@ -85,7 +114,7 @@ pub fn boot(image: &Image, accel: Accel, work: &Path, share: &Path, quiet: bool,
         Accel::Kvm => ("q35,accel=kvm", "host"),
         Accel::Tcg => ("q35,accel=tcg", "max"),
     };
-    let mut append = String::from("console=ttyS0 root=/dev/vda rw panic=-1 systemd.show_status=error");
+    let mut append = String::from("console=ttyS0 root=/dev/vda rw panic=-1 no_timer_check systemd.show_status=error");
     if quiet {
         append.push_str(" quiet");
     }
@@ -111,7 +140,11 @@ pub fn boot(image: &Image, accel: Accel, work: &Path, share: &Path, quiet: bool,
     let start = Instant::now();
     let mut qemu = Qemu(cmd.spawn().context("starting qemu-system-x86_64")?);
     let mut aborted = None;
+    let mut follower = prefix.map(|p| LogFollower { path: out.join("log"), printed: 0, prefix: p.to_string() });
     loop {
+        if let Some(f) = follower.as_mut() {
+            f.poll(false);
+        }
         if let Some(status) = qemu.0.try_wait()? {
             if !status.success() {
                 let stderr = host::tail(&work.join("qemu.stderr"), 20);
@@ -143,6 +176,9 @@ pub fn boot(image: &Image, accel: Accel, work: &Path, share: &Path, quiet: bool,
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(qemu);
+    if let Some(f) = follower.as_mut() {
+        f.poll(true);
+    }
     let status = match std::fs::read_to_string(out.join("status")) {
         Ok(s) => Some(s.trim().parse::<i32>().with_context(|| format!("bad status file content {s:?}"))?),
         Err(_) => None,
@@ -178,7 +214,7 @@ pub fn choose_accel(image: &Image, work: &Path, forced: Option<Accel>) -> Result
         total: Duration::from_secs(90),
         first_output: Some(Duration::from_secs(10)),
     };
-    let outcome = boot(image, Accel::Kvm, work, &share, false, &limits)?;
+    let outcome = boot(image, Accel::Kvm, work, &share, false, None, &limits)?;
     if outcome.status == Some(0) && outcome.log.contains("kvm-probe-ok") {
         println!("accelerator: kvm (a probe guest booted in {:.1} s)", outcome.seconds);
         return Ok(Accel::Kvm);

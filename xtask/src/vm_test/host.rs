@@ -111,17 +111,12 @@ pub fn ensure_tools() -> Result<()> {
     if !is_root() {
         bail!("vm-test must run as root (debootstrap, mounts, network namespaces)");
     }
-    let mut missing: Vec<&str> = TOOLS.iter().filter(|(prog, _)| which(prog).is_none()).map(|(_, pkg)| *pkg).collect();
-    // qemu-img must come from the same release as qemu-system-x86, or apt
-    // refuses the pair; ask for both whenever either is missing.
-    if missing.contains(&"qemu-system-x86") && !missing.contains(&"qemu-utils") {
-        missing.push("qemu-utils");
-    }
-    if missing.is_empty() {
+    let missing =
+        || -> Vec<&str> { TOOLS.iter().filter(|(prog, _)| which(prog).is_none()).map(|(_, pkg)| *pkg).collect() };
+    if missing().is_empty() {
         println!("all tools present: {}", TOOLS.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "));
         return Ok(());
     }
-    println!("installing Debian packages: {}", missing.join(" "));
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
         // Other jobs on the machine may hold the dpkg lock for a while.
@@ -129,9 +124,19 @@ pub fn ensure_tools() -> Result<()> {
         run(&mut cmd)
     };
     apt(&["update"]).context("apt-get update")?;
-    let mut args = vec!["install", "-y", "--no-install-recommends"];
-    args.extend(missing.iter().copied());
-    apt(&args).context("apt-get install")?;
+    // Two rounds: Debian's qemu-system-x86 may remove a newer qemu-utils
+    // (from backports) that it cannot live with; the second round then
+    // installs Debian's qemu-utils to match.
+    for _ in 0..2 {
+        let packages = missing();
+        if packages.is_empty() {
+            break;
+        }
+        println!("installing Debian packages: {}", packages.join(" "));
+        let mut args = vec!["install", "-y", "--no-install-recommends"];
+        args.extend(packages.iter().copied());
+        apt(&args).context("apt-get install")?;
+    }
     for (prog, pkg) in TOOLS {
         if which(prog).is_none() {
             bail!("`{prog}` is still missing after installing Debian package {pkg}");

@@ -77,6 +77,10 @@ fn hex(bytes: &[u8]) -> String {
 /// absent (or when `rebuild` is set).
 pub fn ensure(root: &Path, cache: &Path, rebuild: bool) -> Result<Image> {
     let (key, inputs) = key(root)?;
+    // One builder at a time per cache; a second run waits, then finds the
+    // image built.
+    let lock = std::fs::File::create(cache.join("lock")).context("creating the cache lock")?;
+    lock.lock().context("locking the guest image cache")?;
     let images = cache.join("images");
     let image = Image { dir: images.join(&key) };
     if !rebuild && image.base().is_file() && image.kernel().is_file() && image.initrd().is_file() {
