@@ -1,7 +1,8 @@
 //! API benchmark against the real server on loopback (not a timed test: it
 //! prints numbers). Run with `cargo bench --bench api`; set `PEAT_SIDECAR_BIN`
 //! to measure another build (e.g. the static musl release binary) and
-//! `PEAT_BENCH_SCALE` (default 1.0) to scale the request counts.
+//! `PEAT_BENCH_SCALE` (default 1.0; only for quick smoke runs) to scale every
+//! request and document count.
 //!
 //! Reports requests/s and p50/p99 latency at concurrency 1 and 16 with a
 //! ~200-byte JSON document for PutDocument (distinct ids), GetDocument
@@ -226,7 +227,8 @@ fn main() {
 
             // 10 000 stored documents, then random reads.
             let collection = format!("get-{tag}");
-            load(16, DOCS_FOR_GET, {
+            let stored_docs = scaled(DOCS_FOR_GET);
+            load(16, stored_docs, {
                 let (client, collection) = (client.clone(), collection.clone());
                 move |i| put_document(client.clone(), collection.clone(), format!("doc-{i}"), document(i))
             })
@@ -238,7 +240,7 @@ fn main() {
                         let client = client.clone();
                         let request = GetDocumentRequest {
                             collection: collection.clone(),
-                            doc_id: format!("doc-{}", rand::rng().random_range(0..DOCS_FOR_GET)),
+                            doc_id: format!("doc-{}", rand::rng().random_range(0..stored_docs)),
                             ..Default::default()
                         };
                         async move {
@@ -248,12 +250,13 @@ fn main() {
                     }
                 })
                 .await;
-                rows.push(get.row("GetDocument, random of 10 000", concurrency));
+                rows.push(get.row(&format!("GetDocument, random of {stored_docs}"), concurrency));
                 rates.insert(("get", concurrency), get.rate());
             }
 
             // One document, 20 000 sequential updates with changing content.
-            let updates = load(1, UPDATES, {
+            let (total, window_len) = (scaled(UPDATES), scaled(WINDOW));
+            let updates = load(1, total, {
                 let client = client.clone();
                 let collection = format!("hot-{tag}");
                 move |i| put_document(client.clone(), collection.clone(), "the-one".into(), document(i))
@@ -264,12 +267,12 @@ fn main() {
                 elapsed: updates.latencies[range.clone()].iter().sum(),
                 latencies: updates.latencies[range].to_vec(),
             };
-            let (first, last) = (window(0..WINDOW), window(UPDATES - WINDOW..UPDATES));
-            rows.push(first.row("PutDocument, one doc: updates 1–5 000", 1));
-            rows.push(last.row("PutDocument, one doc: updates 15 001–20 000", 1));
+            let (first, last) = (window(0..window_len), window(total - window_len..total));
+            rows.push(first.row(&format!("PutDocument, one doc of {total} updates: first {window_len}"), 1));
+            rows.push(last.row(&format!("PutDocument, one doc of {total} updates: last {window_len}"), 1));
             floors.push(format!(
                 "{label}: PutDocument/GetStatus c=1 {:.2}, c=16 {:.2}; GetDocument/GetStatus c=1 {:.2}, c=16 {:.2}; \
-                 one-doc updates last/first 5 000 {:.2}",
+                 one-doc updates last/first window {:.2}",
                 rates[&("put", 1)] / rates[&("status", 1)],
                 rates[&("put", 16)] / rates[&("status", 16)],
                 rates[&("get", 1)] / rates[&("status", 1)],
