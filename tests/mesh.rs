@@ -101,6 +101,27 @@ async fn delete_propagates_and_subscribe_on_the_peer_sees_it() {
 }
 
 #[tokio::test]
+async fn delete_concurrent_with_an_update_wins_until_the_next_put() {
+    let (a, b) = pair().await;
+    a.put("race", "r", r#"{"x":1,"y":1}"#).await;
+    b.wait_doc("race", "r", Some(r#"{"x":1,"y":1}"#), T).await;
+    a.api().stop_sync(StopSyncRequest::default()).await.unwrap();
+    b.api().stop_sync(StopSyncRequest::default()).await.unwrap();
+    a.delete("race", "r").await;
+    b.put("race", "r", r#"{"x":1,"y":2,"z":3}"#).await;
+    a.api().start_sync(StartSyncRequest::default()).await.unwrap();
+    b.api().start_sync(StartSyncRequest::default()).await.unwrap();
+    // Both converge on "deleted": the update did not touch the tombstone.
+    a.wait_doc("race", "r", None, T).await;
+    b.wait_doc("race", "r", None, T).await;
+    wait_identical(&[&a, &b], "race", T).await;
+    // A later put revives it with exactly the new content on every node.
+    b.put("race", "r", r#"{"fresh":true}"#).await;
+    a.wait_doc("race", "r", Some(r#"{"fresh":true}"#), T).await;
+    assert_eq!(b.get("race", "r").await.as_deref(), Some(r#"{"fresh":true}"#));
+}
+
+#[tokio::test]
 async fn subscribe_on_b_sees_writes_made_on_a_in_order() {
     let (a, b) = pair().await;
     let mut watch_b = Watcher::start(&b, &[]).await;
@@ -479,4 +500,29 @@ async fn status_reports_mesh_endpoint_and_ready_phase() {
     wait_until("phase READY", T, || async { a.status().await.phase.as_known() == Some(NodePhase::NODE_PHASE_READY) })
         .await;
     assert!(started.elapsed() < T);
+}
+
+#[tokio::test]
+async fn nodes_dialing_each_other_keep_one_session() {
+    let (a, b) = pair().await;
+    b.api()
+        .connect_peer(ConnectPeerRequest {
+            endpoint_id: "node-a".into(),
+            addresses: vec![a.mesh_addr.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for node in [&a, &b] {
+            assert!(node.stats().await.connected_peers <= 1, "{} holds two sessions", node.spec.node_id);
+            assert_eq!(node.peers().await.len(), 1, "{} lists the pair once", node.spec.node_id);
+        }
+    }
+    a.put("one", "x", r#"{"x":1}"#).await;
+    b.wait_doc("one", "x", Some(r#"{"x":1}"#), T).await;
+    b.put("one", "y", r#"{"y":1}"#).await;
+    a.wait_doc("one", "y", Some(r#"{"y":1}"#), T).await;
+    assert_eq!((a.stats().await.connected_peers, b.stats().await.connected_peers), (1, 1));
 }
