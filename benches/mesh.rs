@@ -117,9 +117,12 @@ async fn throughput(a: &Node, b: &Node, collection: &str, count: usize, concurre
         }
         started.elapsed()
     };
-    let (_, replicated) = tokio::join!(async { (writes.await, started.elapsed()) }, arrivals);
+    let ((_, written), replicated) = tokio::join!(async { (writes.await, started.elapsed()) }, arrivals);
     println!(
-        "throughput: {count} documents written on A ({concurrency} in flight) all visible on B after {:.2} s: {:.0} docs/s",
+        "throughput: {count} documents written on A ({concurrency} in flight) in {:.2} s ({:.0} docs/s); \
+         all visible on B after {:.2} s: {:.0} docs/s replicated",
+        written.as_secs_f64(),
+        count as f64 / written.as_secs_f64(),
         replicated.as_secs_f64(),
         count as f64 / replicated.as_secs_f64()
     );

@@ -238,6 +238,8 @@ struct SyncLoop<'a> {
     peer_id: Arc<str>,
     stop: watch::Receiver<bool>,
     states: HashMap<DocKey, sync::State>,
+    /// Size of `states` at which idle ones are dropped.
+    trim_at: usize,
     queue: VecDeque<Outgoing>,
     /// Highest log position already offered to the peer.
     scanned: u64,
@@ -256,6 +258,7 @@ impl<'a> SyncLoop<'a> {
             peer_id: Arc::from(peer.node_id.as_str()),
             stop,
             states: HashMap::new(),
+            trim_at: MAX_SYNC_STATES,
             queue: VecDeque::new(),
             scanned: 0,
             pending: BTreeMap::new(),
@@ -377,10 +380,13 @@ impl<'a> SyncLoop<'a> {
     }
 
     fn trim_states(&mut self) {
-        if self.states.len() >= MAX_SYNC_STATES {
+        if self.states.len() >= self.trim_at {
             // Forgetting a state costs one extra round trip for that document later.
             let pending = &self.pending_seq;
             self.states.retain(|key, _| pending.contains_key(key));
+            // With many documents pending, trimming again on the next call
+            // would rescan them all for nothing.
+            self.trim_at = MAX_SYNC_STATES.max(self.states.len() * 2);
         }
     }
 
@@ -420,6 +426,9 @@ impl<'a> SyncLoop<'a> {
         }
         let mut touched = Vec::with_capacity(decoded.len());
         for (key, message) in decoded {
+            // The peer (re)starts this document's exchange from scratch, e.g.
+            // after dropping its sync state in `trim_states`.
+            let peer_starts_over = message.have.first().is_some_and(|have| have.last_sync.is_empty());
             self.trim_states();
             let state = self.states.entry(key.clone()).or_default();
             self.shared.store.receive_sync_message(&key, state, message, &self.peer_id).map_err(|e| match e {
@@ -428,12 +437,23 @@ impl<'a> SyncLoop<'a> {
                 }
                 other => SessionEnd::Store(other),
             })?;
-            touched.push(key);
+            touched.push((key, peer_starts_over));
         }
         // Replies acknowledge what we hold, so they wait until it is on disk.
         self.shared.store.flush().await?;
-        for key in touched {
-            self.offer(&key)?;
+        for (key, peer_starts_over) in touched {
+            if !self.offer(&key)?
+                && peer_starts_over
+                && let Some(state) = self.states.get_mut(&key)
+            {
+                // Our state says both sides are in sync, so Automerge stays
+                // silent; but a peer that started over does not know our
+                // heads and would wait for them forever (never confirming the
+                // document, so its change-log cursor would stop advancing).
+                // Forgetting what we last sent makes us state our heads.
+                state.last_sent_heads.clear();
+                self.offer(&key)?;
+            }
             if self.in_sync(&key)?
                 && let Some(seq) = self.pending_seq.remove(&key)
             {
