@@ -30,7 +30,7 @@ from=
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 note() { echo "install.sh: $*"; }
-usage() { sed -n '6,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '6,/^[^#]/s/^# \{0,1\}//p' "$0"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in

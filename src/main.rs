@@ -35,6 +35,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = Settings::load(&cli.settings)?;
             settings.shared_key()?;
             settings.encryption_key()?;
+            peat_sidecar::mesh::MeshOptions::from_settings(&settings)?;
+            peat_sidecar::watcher::settings::check(&settings)?;
             print!("{}", settings.to_redacted_yaml());
             Ok(ExitCode::SUCCESS)
         }

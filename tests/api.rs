@@ -61,7 +61,7 @@ async fn exercise_every_method(client: &Client, tag: &str) {
     let status = client.get_status(GetStatusRequest::default()).await.expect("GetStatus").into_owned();
     assert!(status.node_id.starts_with("node-"), "generated node id, got {:?}", status.node_id);
     assert_eq!(status.phase.as_known(), Some(NodePhase::NODE_PHASE_READY));
-    assert_mesh_methods_without_mesh(client).await;
+    exercise_peer_methods(client, tag).await;
 
     let coll = format!("docs.{tag}");
     let other = format!("other.{tag}");
@@ -117,27 +117,44 @@ async fn exercise_every_method(client: &Client, tag: &str) {
     exercise_typed_collections(client, tag).await;
 }
 
-/// Until the mesh exists the peer and sync methods answer honestly.
-async fn assert_mesh_methods_without_mesh(client: &Client) {
-    assert!(client.list_peers(ListPeersRequest::default()).await.expect("ListPeers").into_owned().peers.is_empty());
-    let stats = client.get_sync_stats(GetSyncStatsRequest::default()).await.expect("GetSyncStats").into_owned();
-    assert_eq!((stats.sync_active, stats.connected_peers, stats.bytes_sent, stats.bytes_received), (false, 0, 0, 0));
-    let err = client
+/// Peer methods of the local API (the mesh itself is tested elsewhere): a
+/// peer added with ConnectPeer is listed, not connected (nothing listens on
+/// its address), and DisconnectPeer forgets it. Each combination uses its
+/// own peer id, so concurrent combinations do not interfere.
+async fn exercise_peer_methods(client: &Client, tag: &str) {
+    let peer_id = format!("peer-{tag}");
+    let find = |peers: Vec<PeerInfo>| peers.into_iter().find(|p| p.endpoint_id == peer_id);
+    client
         .connect_peer(ConnectPeerRequest {
-            endpoint_id: "peer".into(),
-            addresses: vec!["127.0.0.1:1".into()],
+            endpoint_id: peer_id.clone(),
+            addresses: vec!["127.0.0.1:9".into()],
             ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unimplemented, "{err:?}");
+        .expect("ConnectPeer");
+    let listed = find(client.list_peers(ListPeersRequest::default()).await.expect("ListPeers").into_owned().peers)
+        .expect("the added peer is listed");
+    assert_eq!(listed.addresses, ["127.0.0.1:9"]);
+    assert!(!listed.connected);
+    client
+        .disconnect_peer(DisconnectPeerRequest { endpoint_id: peer_id.clone(), ..Default::default() })
+        .await
+        .expect("DisconnectPeer");
+    assert!(find(client.list_peers(ListPeersRequest::default()).await.unwrap().into_owned().peers).is_none());
     let err = client
-        .disconnect_peer(DisconnectPeerRequest { endpoint_id: "peer".into(), ..Default::default() })
+        .disconnect_peer(DisconnectPeerRequest { endpoint_id: peer_id.clone(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err:?}");
-    assert_eq!(client.start_sync(StartSyncRequest::default()).await.unwrap_err().code, ErrorCode::FailedPrecondition);
-    assert_eq!(client.stop_sync(StopSyncRequest::default()).await.unwrap_err().code, ErrorCode::FailedPrecondition);
+    let err = client
+        .connect_peer(ConnectPeerRequest { endpoint_id: peer_id.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+    assert!(err.message.as_deref().unwrap_or_default().contains("addresses"), "{err:?}");
+
+    let stats = client.get_sync_stats(GetSyncStatsRequest::default()).await.expect("GetSyncStats").into_owned();
+    assert_eq!((stats.connected_peers, stats.bytes_sent, stats.bytes_received), (0, 0, 0));
 }
 
 async fn exercise_typed_collections(client: &Client, tag: &str) {
@@ -330,6 +347,39 @@ fn health_and_reflection_are_served() {
             }
             other => panic!("expected a file descriptor, got {other:?}"),
         }
+    });
+}
+
+#[test]
+fn start_and_stop_sync_toggle_sync_active_and_a_disabled_mesh_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = SidecarOptions::new(&dir.path().join("data")).start();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = sidecar.client_h2(Protocol::Grpc, false);
+        let active = || async { client.get_sync_stats(GetSyncStatsRequest::default()).await.unwrap().into_owned() };
+        client.stop_sync(StopSyncRequest::default()).await.expect("StopSync");
+        assert!(!active().await.sync_active);
+        let status = client.get_status(GetStatusRequest::default()).await.unwrap().into_owned();
+        assert!(!status.sync_active);
+        client.start_sync(StartSyncRequest::default()).await.expect("StartSync");
+        assert!(active().await.sync_active);
+    });
+    drop(sidecar);
+
+    let sidecar = SidecarOptions::new(&dir.path().join("data")).arg("--mesh-listen").arg("disabled").start();
+    rt.block_on(async {
+        let client = sidecar.client_h1(Protocol::Connect, true);
+        assert!(client.list_peers(ListPeersRequest::default()).await.unwrap().into_owned().peers.is_empty());
+        let stats = client.get_sync_stats(GetSyncStatsRequest::default()).await.unwrap().into_owned();
+        assert_eq!((stats.sync_active, stats.connected_peers, stats.bytes_sent), (false, 0, 0));
+        let err = client.start_sync(StartSyncRequest::default()).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::FailedPrecondition, "{err:?}");
+        assert_eq!(client.stop_sync(StopSyncRequest::default()).await.unwrap_err().code, ErrorCode::FailedPrecondition);
+        let request = ConnectPeerRequest { addresses: vec!["127.0.0.1:9".into()], ..Default::default() };
+        assert_eq!(client.connect_peer(request).await.unwrap_err().code, ErrorCode::FailedPrecondition);
+        let request = DisconnectPeerRequest { endpoint_id: "x".into(), ..Default::default() };
+        assert_eq!(client.disconnect_peer(request).await.unwrap_err().code, ErrorCode::FailedPrecondition);
     });
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
@@ -113,6 +114,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE));
+    let builder_has_tls = tls.is_some();
     if let Some(ServerTls(config)) = tls {
         builder = match builder.tls_config(config) {
             Ok(builder) => builder,
@@ -122,7 +124,11 @@ pub async fn serve(
             }
         };
     }
-    let incoming = TcpListenerStream::new(listener);
+    let incoming: Incoming = if builder_has_tls {
+        Box::pin(tls_only(listener, shutdown.clone()))
+    } else {
+        Box::pin(TcpListenerStream::new(listener))
+    };
     let result = builder
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -133,6 +139,53 @@ pub async fn serve(
         tracing::error!(error = %err, "mesh listener failed");
     }
 }
+
+type Incoming = std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<TcpStream>> + Send>>;
+
+/// Accepts connections for a TLS listener, turning away (with a log line)
+/// those that do not open with a TLS handshake record: otherwise a peer
+/// missing its TLS settings would fail silently on this side.
+fn tls_only(
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
+    let (accepted, incoming) = mpsc::channel(OUTBOUND_FRAMES);
+    tokio::spawn(async move {
+        loop {
+            let (stream, remote) = tokio::select! {
+                result = listener.accept() => match result {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "mesh listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = super::until(&mut shutdown, true) => return,
+            };
+            let accepted = accepted.clone();
+            // Peeking waits for the client's first bytes; do it off the accept loop.
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(CONNECT_TIMEOUT, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {
+                        let _ = accepted.send(Ok(stream)).await;
+                    }
+                    Ok(Ok(1)) => tracing::warn!(
+                        %remote,
+                        "mesh session refused: plaintext connection to a TLS mesh listener \
+                         (the peer needs mesh_tls_cert, mesh_tls_key and mesh_tls_ca)"
+                    ),
+                    _ => tracing::info!(%remote, "mesh connection closed before a TLS handshake"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(incoming)
+}
+
+/// First byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Connects to `address` and runs one session there.
 pub async fn dial(
@@ -154,14 +207,17 @@ pub async fn dial(
             .tls_config(tls.config_for(host))
             .map_err(|e| SessionEnd::Transport(format!("TLS configuration: {e}")))?;
     }
-    let channel = endpoint.connect().await.map_err(|e| SessionEnd::Transport(transport_error(&e)))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionEnd::Transport(format!("{}{}", transport_error(&e), plaintext_hint(shared))))?;
     let mut client =
         MeshClient::new(channel).max_decoding_message_size(MAX_FRAME_BYTES).max_encoding_message_size(MAX_FRAME_BYTES);
     let (out, outbound) = mpsc::channel(OUTBOUND_FRAMES);
     let response = client
         .session(ReceiverStream::new(outbound))
         .await
-        .map_err(|status| SessionEnd::Transport(status.message().to_owned()))?;
+        .map_err(|status| SessionEnd::Transport(format!("{}{}", status.message(), plaintext_hint(shared))))?;
     let incoming: session::Incoming = Box::pin(response.into_inner());
     let expected = (!expected.is_empty()).then(|| expected.to_owned());
     let result = session::run(Arc::clone(shared), Role::Dialer, incoming, out, expected, address.to_owned(), |id| {
@@ -171,6 +227,15 @@ pub async fn dial(
     match result {
         Err(SessionEnd::Stopped) => Ok(()),
         other => other,
+    }
+}
+
+/// A TLS listener drops a plaintext dialer without a word; say what may be wrong.
+fn plaintext_hint(shared: &Shared) -> &'static str {
+    if shared.tls.is_none() {
+        " (this node dials without TLS; a peer whose mesh requires TLS closes such connections)"
+    } else {
+        ""
     }
 }
 

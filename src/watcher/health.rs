@@ -115,7 +115,7 @@ impl HealthTracker {
                 agent,
                 failing = failing.join(","),
                 error,
-                "agent watcher: agent answers but some of its data cannot be read; keeping those documents as they are"
+                "agent watcher: agent answers, but part of its state could not be read or stored; keeping those documents as they are"
             ),
             AgentState::Down => tracing::warn!(
                 agent,

@@ -24,9 +24,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use peat_sidecar::proto::peat::sidecar::v1::PeatSidecarClient;
 
-/// Path of the binary under test.
+/// Path of the binary under test: `PEAT_SIDECAR_BIN` when set (to run the
+/// suite or the benchmark against another build, e.g. the static musl
+/// release binary), else the binary cargo built for this test.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_peat-sidecar"))
+    match std::env::var_os("PEAT_SIDECAR_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_peat-sidecar")),
+    }
 }
 
 /// How long a sidecar gets to report readiness (debug builds on a busy machine).

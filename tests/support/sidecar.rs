@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use peat_sidecar::proto::peat::sidecar::v1::{GetDocumentRequest, GetStatusRequest, ListDocumentsRequest};
+use peat_sidecar::proto::peat::sidecar::v1::{
+    GetDocumentRequest, GetStatusRequest, GetSyncStatsRequest, ListDocumentsRequest,
+};
 
 pub struct Sidecar {
     child: Option<Child>,
@@ -71,6 +73,13 @@ impl Sidecar {
         let client = peat_sidecar::ctl::connect(&self.api).unwrap();
         let request = ListDocumentsRequest { collection: collection.into(), ..Default::default() };
         client.list_documents(request).await.unwrap().into_owned().doc_ids
+    }
+
+    /// Mesh bytes (sent, received) so far, from `GetSyncStats`.
+    pub async fn sync_bytes(&self) -> (u64, u64) {
+        let client = peat_sidecar::ctl::connect(&self.api).unwrap();
+        let stats = client.get_sync_stats(GetSyncStatsRequest::default()).await.unwrap().into_owned();
+        (stats.bytes_sent, stats.bytes_received)
     }
 
     /// Sends SIGTERM and waits for the exit; returns the status and how long it took.

@@ -155,6 +155,7 @@ pub fn build(root: &Path) -> Result<Ctx> {
             ("protoc", "protobuf-compiler"),
             ("file", "file"),
             ("strip", "binutils"),
+            ("gzip", "gzip"),
             ("git", "git"),
         ])?;
         sh::ensure_musl_target()?;

@@ -18,10 +18,14 @@ pub fn build(ctx: &Ctx) -> Result<PathBuf> {
     let root = ctx.root.display();
     let home = cargo_home.display();
     // Paths that would otherwise end up in panic messages and debug data.
-    let rustflags = format!(
+    let mut rustflags = format!(
         "-C target-feature=+crt-static --remap-path-prefix={root}=/build/peat-sidecar \
          --remap-path-prefix={home}=/cargo"
     );
+    // Generated code (build script output) lives in the target directory.
+    if !ctx.target_dir.starts_with(&ctx.root) {
+        rustflags.push_str(&format!(" --remap-path-prefix={}=/build/target", ctx.target_dir.display()));
+    }
     let cflags = format!("-ffile-prefix-map={root}=/build/peat-sidecar -ffile-prefix-map={home}=/cargo");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(&ctx.root)
@@ -101,15 +105,27 @@ pub fn generate(bin: &Path, dir: &Path, epoch: i64) -> Result<()> {
     Ok(())
 }
 
-/// gzip at maximum compression with no file name and a zero mtime, so the
-/// bytes depend on the input only.
+/// `gzip -9n`: maximum compression, no file name, zero mtime, so the bytes
+/// depend on the input only. gzip(1) rather than an in-process deflate: the
+/// xtask is an unoptimised build, and deflating the binary in it takes
+/// minutes on a busy machine.
 pub fn gzip_best(data: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(3) // Unix, as gzip(1) writes
-        .write(Vec::new(), flate2::Compression::best());
-    enc.write_all(data)?;
-    Ok(enc.finish()?)
+    use std::process::Stdio;
+    let mut child = Command::new("gzip")
+        .args(["-9", "--no-name", "--stdout"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting gzip")?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().context("running gzip")?;
+    feeder.join().map_err(|_| anyhow::anyhow!("gzip input thread panicked"))?.context("writing to gzip")?;
+    if !out.status.success() {
+        bail!("gzip failed ({})", out.status);
+    }
+    Ok(out.stdout)
 }
 
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {

@@ -40,6 +40,7 @@ pub fn all(ctx: &Ctx) -> Result<()> {
     sh::stage("check binary is static", || binary::check_static(&ctx.dist.join(ctx.binary_name())))?;
     sh::stage("check scripts (shellcheck, sysusers line)", || scripts(ctx))?;
     sh::stage("check unit (systemd-analyze security)", || unit_security(ctx))?;
+    sh::stage("check config.yaml and env file (config check)", || config_files(ctx))?;
     sh::stage("check deb (lintian, dpkg-deb -I/-c)", || deb(ctx))?;
     sh::stage("check rpm (rpmlint, rpm -qp)", || rpm(ctx))?;
     sh::stage("check tarball", || tarball(ctx))?;
@@ -84,6 +85,49 @@ fn unit_security(ctx: &Ctx) -> Result<()> {
         .with_context(|| format!("no exposure level in:\n{text}{}", String::from_utf8_lossy(&out.stderr)))?;
     eprintln!("exposure level {level} (limit {MAX_EXPOSURE})");
     ensure!(level <= MAX_EXPOSURE, "unit exposure {level} is above {MAX_EXPOSURE}:\n{text}");
+    Ok(())
+}
+
+/// The shipped config.yaml must pass `config check` as it is, and every key
+/// it mentions (set or commented out) must be a real setting; every
+/// variable the env file mentions must be accepted too.
+fn config_files(ctx: &Ctx) -> Result<()> {
+    let bin = ctx.dist.join(ctx.binary_name());
+    let check = |cmd: &mut Command| -> Result<String> {
+        let out = sh::capture(cmd.args(["config", "check"]).env_clear().env("HOME", &ctx.dist))?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(out.status.success(), "`peat-sidecar config check` failed: {stderr}");
+        ensure!(!stderr.contains("unknown"), "`peat-sidecar config check` warned: {stderr}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let config = packaging(ctx, "config.yaml");
+    let effective = check(Command::new(&bin).arg("--config").arg(&config))?;
+    let known: Vec<&str> = effective.lines().filter_map(|l| l.split_once(':').map(|(k, _)| k)).collect();
+    let text = std::fs::read_to_string(&config)?;
+    for line in text.lines() {
+        let line = line.strip_prefix('#').unwrap_or(line);
+        let Some((key, _)) = line.split_once(": ") else { continue };
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            ensure!(known.contains(&key), "config.yaml mentions `{key}`, which is not a setting");
+        }
+    }
+
+    let env_text = std::fs::read_to_string(packaging(ctx, "peat-sidecar.default"))?;
+    let mut cmd = Command::new(&bin);
+    let mut count = 0;
+    for line in env_text.lines() {
+        let line = line.strip_prefix('#').unwrap_or(line);
+        if let Some((name, value)) = line.split_once('=')
+            && name.starts_with("PEAT_SIDECAR_")
+            && !name.contains(' ')
+        {
+            cmd.env(name, value);
+            count += 1;
+        }
+    }
+    ensure!(count > 0, "the env file mentions no PEAT_SIDECAR_ variable");
+    check(&mut cmd)?;
+    eprintln!("config.yaml and {count} env file variables accepted");
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub fn build(ctx: &Ctx, bin: &Path, layout: &Path, archive_path: &Path) -> Resul
         dir("var/lib/peat-sidecar", 0o750, IMAGE_UID),
     ];
     let layer_tar = archive::write_tar(&entries, ctx.epoch, Vec::new())?;
-    let diff_id = format!("sha256:{}", sh::sha256_bytes(&layer_tar));
+    let diff_id = format!("sha256:{}", sh::sha256_bytes(&layer_tar)?);
     let layer_gz = super::binary::gzip_best(&layer_tar)?;
     let layer = write_blob(&blobs, &layer_gz, MediaType::ImageLayerGzip)?;
 
@@ -119,7 +119,7 @@ pub fn build(ctx: &Ctx, bin: &Path, layout: &Path, archive_path: &Path) -> Resul
 }
 
 fn write_blob(blobs: &Path, data: &[u8], media_type: MediaType) -> Result<Descriptor> {
-    let hex = sh::sha256_bytes(data);
+    let hex = sh::sha256_bytes(data)?;
     let path: PathBuf = blobs.join(&hex);
     std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
     Ok(DescriptorBuilder::default()

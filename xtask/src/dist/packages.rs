@@ -54,12 +54,8 @@ fn set_dir_modes(dir: &Path) -> Result<()> {
 /// without name or timestamp.
 pub fn tarball(ctx: &Ctx, tree: &Path, out: &Path) -> Result<()> {
     let entries = archive::tree_entries(tree, &format!("peat-sidecar-{}", ctx.version))?;
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(3)
-        .write(std::fs::File::create(out)?, flate2::Compression::best());
-    archive::write_tar(&entries, ctx.epoch, gz)?.finish()?;
-    Ok(())
+    let tar = archive::write_tar(&entries, ctx.epoch, Vec::new())?;
+    std::fs::write(out, super::binary::gzip_best(&tar)?).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Runs nFPM for `packager` (deb or rpm) and writes the package to `out`.
@@ -71,6 +67,8 @@ pub fn nfpm(ctx: &Ctx, nfpm: &Path, packager: &str, bin: &Path, generated: &Path
             .arg(out)
             .env("PEAT_PKG_VERSION", &ctx.version)
             .env("PEAT_PKG_RELEASE", &ctx.release)
+            // The static binary is built for x86_64 only.
+            .env("PEAT_PKG_ARCH", "amd64")
             .env("PEAT_PKG_BIN", bin)
             .env("PEAT_PKG_GENERATED", generated)
             .env("SOURCE_DATE_EPOCH", ctx.epoch.to_string()),

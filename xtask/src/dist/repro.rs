@@ -13,7 +13,8 @@ use super::sh;
 
 pub fn run(root: &Path) -> Result<()> {
     let head = sh::output(Command::new("git").current_dir(root).args(["rev-parse", "HEAD"]))?.trim().to_owned();
-    let dirty = !sh::output(Command::new("git").current_dir(root).args(["status", "--porcelain"]))?.trim().is_empty();
+    let status = sh::output(Command::new("git").current_dir(root).args(["status", "--porcelain"]))?;
+    let dirty = !status.trim().is_empty();
     let base = std::env::temp_dir().join(format!("peat-sidecar-repro-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
@@ -22,7 +23,7 @@ pub fn run(root: &Path) -> Result<()> {
     // warm), else a fresh clone. The second: always a fresh clone, at a
     // path of a different length, under another umask.
     let first = if dirty {
-        eprintln!("working tree has changes: building the first copy from a clean clone of {head}");
+        eprintln!("working tree has changes, so the first copy is built from a clean clone of {head}:\n{status}");
         let dir = base.join("a");
         clone(root, &head, &dir)?;
         dir

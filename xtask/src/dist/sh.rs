@@ -168,17 +168,33 @@ pub fn ensure_musl_target() -> Result<()> {
     run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))
 }
 
-/// SHA-256 of a file, lower-case hex.
+/// SHA-256 of a file, lower-case hex, by sha256sum(1) (the xtask is an
+/// unoptimised build, in which hashing the artifacts takes long).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(sha256_bytes(&data))
+    let out = output(Command::new("sha256sum").arg("--binary").arg(path))?;
+    let hash = out.split_whitespace().next().unwrap_or_default();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("sha256sum printed `{out}` for {}", path.display());
+    }
+    Ok(hash.to_owned())
 }
 
-pub fn sha256_bytes(data: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex(&Sha256::digest(data))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of bytes, lower-case hex (see [`sha256_file`]).
+pub fn sha256_bytes(data: &[u8]) -> Result<String> {
+    let mut child =
+        Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting sha256sum")?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = data.to_vec();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output().context("running sha256sum")?;
+    feeder.join().map_err(|_| anyhow::anyhow!("sha256sum input thread panicked"))?.context("writing to sha256sum")?;
+    if !out.status.success() {
+        bail!("sha256sum failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hash = text.split_whitespace().next().unwrap_or_default();
+    if hash.len() != 64 {
+        bail!("sha256sum printed `{text}`");
+    }
+    Ok(hash.to_owned())
 }

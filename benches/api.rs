@@ -1,0 +1,308 @@
+//! API benchmark against the real server on loopback (not a timed test: it
+//! prints numbers). Run with `cargo bench --bench api`; set `PEAT_SIDECAR_BIN`
+//! to measure another build (e.g. the static musl release binary) and
+//! `PEAT_BENCH_SCALE` (default 1.0; only for quick smoke runs) to scale every
+//! request and document count.
+//!
+//! Reports requests/s and p50/p99 latency at concurrency 1 and 16 with a
+//! ~200-byte JSON document for PutDocument (distinct ids), GetDocument
+//! (random ids among 10 000), 20 000 updates of one document (first vs last
+//! 5 000), the raw floors (sled insert+flush of the same bytes; GetStatus as a
+//! no-op round trip) as ratios, start-to-READY time and idle RSS.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::future::Future;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use connectrpc::Protocol;
+use peat_sidecar::proto::peat::sidecar::v1::*;
+use rand::Rng;
+use support::{Client, SidecarOptions};
+
+const DOCS_FOR_GET: usize = 10_000;
+const UPDATES: usize = 20_000;
+const WINDOW: usize = 5_000;
+
+/// A ~200-byte JSON document, different for every `seq`.
+fn document(seq: usize) -> String {
+    format!(
+        r#"{{"type":"platform","name":"unit-{seq:06}","status":"READY","lat":{:.6},"lon":{:.6},"alt":{:.1},"readiness":0.87,"capabilities":["eo","ir","relay"],"updated":{}}}"#,
+        52.0 + (seq % 1000) as f64 / 1000.0,
+        13.0 + (seq % 777) as f64 / 1000.0,
+        30.0 + (seq % 100) as f64,
+        1_700_000_000_000u64 + seq as u64
+    )
+}
+
+struct Measured {
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+
+    fn row(&self, name: &str, concurrency: usize) -> String {
+        format!(
+            "| {name} | {concurrency} | {} | {:.0} | {:.2} | {:.2} |",
+            self.requests,
+            self.rate(),
+            ms(self.percentile(0.50)),
+            ms(self.percentile(0.99))
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs `total` calls of `call(i)` from `concurrency` workers, each timed.
+async fn load<F, Fut>(concurrency: usize, total: usize, call: F) -> Measured
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (call, next) = (Arc::clone(&call), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(total / concurrency + 1);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return latencies;
+                    }
+                    let t = Instant::now();
+                    call(i).await;
+                    latencies.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for worker in workers {
+        latencies.extend(worker.await.expect("benchmark worker"));
+    }
+    Measured { requests: total, elapsed: started.elapsed(), latencies }
+}
+
+fn scaled(n: usize) -> usize {
+    let scale: f64 = std::env::var("PEAT_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    ((n as f64 * scale) as usize).max(16)
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Spawn → READY=1 on NOTIFY_SOCKET, on an empty data directory.
+fn start_to_ready(work: &std::path::Path, runs: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let dir = work.join(format!("ready-{run}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let notify_path = dir.join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, "log_level: warn\n").unwrap();
+        let started = Instant::now();
+        let mut child = Command::new(support::binary())
+            .env_clear()
+            .env("NOTIFY_SOCKET", &notify_path)
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg("tcp://127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning peat-sidecar");
+        let mut buf = [0u8; 64];
+        let n = notify.recv(&mut buf).expect("READY=1 within 10 s");
+        times.push(started.elapsed());
+        assert_eq!(&buf[..n], b"READY=1");
+        support::signal(child.id() as i32, libc::SIGTERM);
+        child.wait().unwrap();
+    }
+    times.sort();
+    times
+}
+
+/// The floor under a durable PutDocument: sled insert + flush of the same bytes, one at a time.
+fn sled_floor(work: &std::path::Path, total: usize) -> f64 {
+    let db = sled::Config::new().path(work.join("sled-floor")).mode(sled::Mode::HighThroughput).open().unwrap();
+    let started = Instant::now();
+    for i in 0..total {
+        db.insert(format!("c\0doc-{i}"), document(i).as_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let binary = support::binary();
+    let work = tempfile::Builder::new().prefix("peat-bench-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
+    println!("binary: {} ({:.1} MB)", binary.display(), size as f64 / 1e6);
+    println!("document: {} bytes of JSON", document(0).len());
+    println!("cores: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    let ready = start_to_ready(work.path(), 10);
+    println!(
+        "start to READY=1 (empty data dir, 10 runs): min {:.1} ms, median {:.1} ms, max {:.1} ms",
+        ms(ready[0]),
+        ms(ready[ready.len() / 2]),
+        ms(ready[ready.len() - 1])
+    );
+
+    let floor_count = scaled(3_000);
+    let sled_rate = sled_floor(work.path(), floor_count);
+
+    let sidecar = SidecarOptions::new(&work.path().join("data")).arg("--mesh-listen").arg("disabled").start();
+    std::thread::sleep(Duration::from_millis(500));
+    println!("idle RSS after start: {:.1} MB", rss_kib(sidecar.pid()) as f64 / 1024.0);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rows = Vec::new();
+    let mut floors = Vec::new();
+    rt.block_on(async {
+        for (label, client) in [
+            ("Connect JSON, HTTP/1.1", sidecar.client_h1(Protocol::Connect, true)),
+            ("gRPC, h2c", sidecar.client_h2(Protocol::Grpc, false)),
+        ] {
+            rows.push(format!("| **{label}** | | | | | |"));
+            let tag = if label.starts_with("gRPC") { "grpc" } else { "connect" };
+            let mut rates = std::collections::HashMap::new();
+            for concurrency in [1, 16] {
+                let status = load(concurrency, scaled(if concurrency == 1 { 5_000 } else { 40_000 }), {
+                    let client = client.clone();
+                    move |_| {
+                        let client = client.clone();
+                        async move {
+                            client.get_status(GetStatusRequest::default()).await.expect("GetStatus");
+                        }
+                    }
+                })
+                .await;
+                rows.push(status.row("GetStatus (no-op round trip)", concurrency));
+
+                let collection = format!("put-{tag}-c{concurrency}");
+                let put = load(concurrency, scaled(if concurrency == 1 { 3_000 } else { 30_000 }), {
+                    let client = client.clone();
+                    move |i| put_document(client.clone(), collection.clone(), format!("doc-{i}"), document(i))
+                })
+                .await;
+                rows.push(put.row("PutDocument, distinct ids", concurrency));
+                rates.insert(("status", concurrency), status.rate());
+                rates.insert(("put", concurrency), put.rate());
+            }
+
+            // 10 000 stored documents, then random reads.
+            let collection = format!("get-{tag}");
+            let stored_docs = scaled(DOCS_FOR_GET);
+            load(16, stored_docs, {
+                let (client, collection) = (client.clone(), collection.clone());
+                move |i| put_document(client.clone(), collection.clone(), format!("doc-{i}"), document(i))
+            })
+            .await;
+            for concurrency in [1, 16] {
+                let get = load(concurrency, scaled(if concurrency == 1 { 10_000 } else { 60_000 }), {
+                    let (client, collection) = (client.clone(), collection.clone());
+                    move |_| {
+                        let client = client.clone();
+                        let request = GetDocumentRequest {
+                            collection: collection.clone(),
+                            doc_id: format!("doc-{}", rand::rng().random_range(0..stored_docs)),
+                            ..Default::default()
+                        };
+                        async move {
+                            let response = client.get_document(request).await.expect("GetDocument").into_owned();
+                            assert!(response.json_data.is_some());
+                        }
+                    }
+                })
+                .await;
+                rows.push(get.row(&format!("GetDocument, random of {stored_docs}"), concurrency));
+                rates.insert(("get", concurrency), get.rate());
+            }
+
+            // One document, 20 000 sequential updates with changing content.
+            let (total, window_len) = (scaled(UPDATES), scaled(WINDOW));
+            let updates = load(1, total, {
+                let client = client.clone();
+                let collection = format!("hot-{tag}");
+                move |i| put_document(client.clone(), collection.clone(), "the-one".into(), document(i))
+            })
+            .await;
+            let window = |range: std::ops::Range<usize>| Measured {
+                requests: range.len(),
+                elapsed: updates.latencies[range.clone()].iter().sum(),
+                latencies: updates.latencies[range].to_vec(),
+            };
+            let (first, last) = (window(0..window_len), window(total - window_len..total));
+            rows.push(first.row(&format!("PutDocument, one doc of {total} updates: first {window_len}"), 1));
+            rows.push(last.row(&format!("PutDocument, one doc of {total} updates: last {window_len}"), 1));
+            floors.push(format!(
+                "{label}: PutDocument/GetStatus c=1 {:.2}, c=16 {:.2}; GetDocument/GetStatus c=1 {:.2}, c=16 {:.2}; \
+                 one-doc updates last/first window {:.2}",
+                rates[&("put", 1)] / rates[&("status", 1)],
+                rates[&("put", 16)] / rates[&("status", 16)],
+                rates[&("get", 1)] / rates[&("status", 1)],
+                rates[&("get", 16)] / rates[&("status", 16)],
+                last.rate() / first.rate(),
+            ));
+            floors.push(format!("{label}: PutDocument c=1 / sled insert+flush {:.2}", rates[&("put", 1)] / sled_rate));
+        }
+    });
+
+    println!();
+    println!("| operation | concurrency | requests | req/s | p50 ms | p99 ms |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!("raw floor: sled insert+flush of the same bytes, one at a time: {sled_rate:.0} ops/s ({floor_count} ops)");
+    for floor in floors {
+        println!("{floor}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    println!("idle RSS after the run: {:.1} MB", rss_kib(sidecar.pid()) as f64 / 1024.0);
+    let (status, took) = sidecar.terminate();
+    println!("SIGTERM to exit: {:.1} ms ({status})", ms(took));
+}
+
+async fn put_document(client: Client, collection: String, doc_id: String, json_data: String) {
+    client
+        .put_document(PutDocumentRequest { collection, doc_id, json_data, ..Default::default() })
+        .await
+        .expect("PutDocument");
+}

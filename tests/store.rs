@@ -1,0 +1,202 @@
+//! The document store on disk, simulating two nodes: field-level merge of
+//! concurrent edits exchanged with the Automerge sync protocol, the semantics
+//! of a delete concurrent with an update, reopening, and history growth.
+
+use std::sync::Arc;
+
+use automerge::sync;
+use peat_sidecar::store::{DocKey, DocumentStore, Origin, StoreOptions};
+use serde_json::{Value, json};
+
+fn open(dir: &std::path::Path) -> DocumentStore {
+    DocumentStore::open(&StoreOptions { path: dir.to_owned(), encryption_key: None, max_document_bytes: 1 << 20 })
+        .expect("opening the store")
+}
+
+fn get(store: &DocumentStore, key: &DocKey) -> Option<Value> {
+    store.get(&key.collection, &key.doc_id).unwrap().map(|json| serde_json::from_str(&json).unwrap())
+}
+
+async fn put(store: &DocumentStore, key: &DocKey, value: Value) -> bool {
+    store.put_json(&key.collection, &key.doc_id, &value.to_string()).await.unwrap()
+}
+
+/// Runs the Automerge sync protocol for one document between two stores
+/// until neither has anything left to send; returns the messages exchanged.
+async fn sync_pair(a: &DocumentStore, b: &DocumentStore, key: &DocKey) -> usize {
+    let (peer_a, peer_b): (Arc<str>, Arc<str>) = (Arc::from("node-a"), Arc::from("node-b"));
+    let (mut a_to_b, mut b_to_a) = (sync::State::new(), sync::State::new());
+    let mut messages = 0;
+    for _ in 0..32 {
+        let from_a = a.generate_sync_message(key, &mut a_to_b).unwrap();
+        let from_b = b.generate_sync_message(key, &mut b_to_a).unwrap();
+        if from_a.is_none() && from_b.is_none() {
+            // Received changes are durable only after a flush.
+            a.flush().await.unwrap();
+            b.flush().await.unwrap();
+            return messages;
+        }
+        if let Some(message) = from_a {
+            messages += 1;
+            b.receive_sync_message(key, &mut b_to_a, message, &peer_a).unwrap();
+        }
+        if let Some(message) = from_b {
+            messages += 1;
+            a.receive_sync_message(key, &mut a_to_b, message, &peer_b).unwrap();
+        }
+    }
+    panic!("sync did not converge in 32 rounds");
+}
+
+/// Both stores hold the same document (same heads, same JSON).
+fn assert_converged(a: &DocumentStore, b: &DocumentStore, key: &DocKey) {
+    assert_eq!(a.heads(key).unwrap(), b.heads(key).unwrap(), "heads differ");
+    assert_eq!(get(a, key), get(b, key));
+}
+
+#[tokio::test]
+async fn concurrent_edits_of_different_fields_of_a_new_document_merge_field_by_field() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let key = DocKey::new("platforms", "p1");
+    // Neither node has seen the other's copy: both create the document.
+    assert!(put(&a, &key, json!({"lat": 1.5, "status": "ready"})).await);
+    assert!(put(&b, &key, json!({"battery": 80, "crew": ["x"]})).await);
+    sync_pair(&a, &b, &key).await;
+    let merged = json!({"lat": 1.5, "status": "ready", "battery": 80, "crew": ["x"]});
+    assert_eq!(get(&a, &key), Some(merged.clone()));
+    assert_converged(&a, &b, &key);
+
+    // The merged state is on disk on both nodes.
+    let heads = a.heads(&key).unwrap();
+    drop((a, b));
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    assert_eq!(get(&a, &key), Some(merged.clone()));
+    assert_eq!(get(&b, &key), Some(merged));
+    assert_eq!(a.heads(&key).unwrap(), heads);
+    assert_converged(&a, &b, &key);
+}
+
+#[tokio::test]
+async fn concurrent_edits_of_different_fields_of_a_shared_document_merge_field_by_field() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let key = DocKey::new("tracks", "t1");
+    let base = json!({"pos": {"lat": 0.0, "lon": 0.0}, "speed": 1, "label": "unknown", "list": [1, 2]});
+    put(&a, &key, base.clone()).await;
+    sync_pair(&a, &b, &key).await;
+    assert_eq!(get(&b, &key), Some(base));
+
+    // Each node writes the whole document, changing different fields; the
+    // store turns each write into operations on the changed fields only.
+    let mut remote_changes = a.subscribe();
+    put(&a, &key, json!({"pos": {"lat": 5.0, "lon": 0.0}, "speed": 1, "label": "unknown", "list": [1, 2]})).await;
+    put(&b, &key, json!({"pos": {"lat": 0.0, "lon": 7.0}, "speed": 1, "label": "truck", "list": [1, 2, 3]})).await;
+    sync_pair(&a, &b, &key).await;
+    let merged = json!({"pos": {"lat": 5.0, "lon": 7.0}, "speed": 1, "label": "truck", "list": [1, 2, 3]});
+    assert_eq!(get(&a, &key), Some(merged.clone()));
+    assert_converged(&a, &b, &key);
+
+    // The change feed reports the local write, then the merge from the peer.
+    let local = remote_changes.recv().await.unwrap();
+    assert_eq!(local.origin, Origin::Local);
+    let remote = remote_changes.recv().await.unwrap();
+    assert_eq!(remote.origin, Origin::Peer(Arc::from("node-b")));
+    assert_eq!(remote.json.as_deref().map(|j| serde_json::from_str::<Value>(j).unwrap()), Some(merged));
+}
+
+#[tokio::test]
+async fn a_put_of_unchanged_content_is_no_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let key = DocKey::new("c", "d");
+    assert!(put(&store, &key, json!({"a": 1, "b": [1, {"c": "x"}]})).await);
+    let heads = store.heads(&key).unwrap();
+    assert!(!put(&store, &key, json!({"a": 1, "b": [1, {"c": "x"}]})).await);
+    assert_eq!(store.heads(&key).unwrap(), heads);
+    // An empty document is a document.
+    let empty = DocKey::new("c", "empty");
+    assert!(put(&store, &empty, json!({})).await);
+    assert_eq!(get(&store, &empty), Some(json!({})));
+    assert_eq!(store.list("c").unwrap(), ["d", "empty"]);
+}
+
+/// Documented semantics (docs/ARCHITECTURE.md, "Store invariants"): a delete concurrent
+/// with an update wins; the document stays deleted on every node until a
+/// later Put revives it, and the revived document holds exactly that Put's
+/// content (nothing of the concurrent update leaks back).
+#[tokio::test]
+async fn a_delete_concurrent_with_an_update_wins_until_a_later_put_revives() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let key = DocKey::new("cells", "c1");
+    put(&a, &key, json!({"name": "north", "count": 1})).await;
+    sync_pair(&a, &b, &key).await;
+
+    assert!(a.delete("cells", "c1").await.unwrap());
+    put(&b, &key, json!({"name": "north", "count": 2, "extra": true})).await;
+    sync_pair(&a, &b, &key).await;
+    assert_eq!(get(&a, &key), None);
+    assert_eq!(get(&b, &key), None);
+    assert!(a.list("cells").unwrap().is_empty());
+    assert!(b.list("cells").unwrap().is_empty());
+    assert_converged(&a, &b, &key);
+
+    // Deleting again is a no-op; a later Put on either node revives.
+    assert!(!b.delete("cells", "c1").await.unwrap());
+    put(&b, &key, json!({"name": "south"})).await;
+    sync_pair(&a, &b, &key).await;
+    assert_eq!(get(&a, &key), Some(json!({"name": "south"})));
+    assert_converged(&a, &b, &key);
+
+    // The tombstone survives a restart and syncs to a node that never saw the document.
+    a.delete("cells", "c1").await.unwrap();
+    drop(a);
+    let a = open(dir_a.path());
+    assert_eq!(get(&a, &key), None);
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = open(dir_c.path());
+    sync_pair(&a, &c, &key).await;
+    assert_eq!(get(&c, &key), None);
+    assert!(c.heads(&key).unwrap().is_some(), "the tombstone is stored");
+    assert_eq!(c.all_heads().count(), 1);
+}
+
+#[tokio::test]
+async fn a_long_history_reloads_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DocKey::new("c", "busy");
+    let store = open(dir.path());
+    for i in 0..500 {
+        put(&store, &key, json!({"i": i, "text": format!("value {i}"), "fixed": "same"})).await;
+    }
+    let heads = store.heads(&key).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(get(&store, &key), Some(json!({"i": 499, "text": "value 499", "fixed": "same"})));
+    assert_eq!(store.heads(&key).unwrap(), heads);
+    // The reloaded change log is a working document: it accepts new edits and syncs them.
+    put(&store, &key, json!({"i": 500})).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = open(other_dir.path());
+    sync_pair(&store, &other, &key).await;
+    assert_eq!(get(&other, &key), Some(json!({"i": 500})));
+}
+
+#[tokio::test]
+async fn invalid_input_never_reaches_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for (collection, doc_id, json, field) in [
+        ("bad name", "d", "{}", "collection"),
+        ("", "d", "{}", "collection"),
+        ("c", "", "{}", "doc_id"),
+        ("c", "tab\t", "{}", "doc_id"),
+        ("c", "d", "[1]", "json_data"),
+        ("c", "d", "{", "json_data"),
+    ] {
+        let err = store.put_json(collection, doc_id, json).await.unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
+    }
+    assert_eq!(store.all_heads().count(), 0);
+}
