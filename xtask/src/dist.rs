@@ -9,14 +9,15 @@ mod archive;
 mod binary;
 mod checks;
 mod oci;
-mod packages;
+pub(crate) mod packages;
 mod repro;
-pub(crate) mod sh;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+use crate::sh;
 
 const USAGE: &str = "\
 usage: cargo xtask dist [--check | --check-only | --reproducible]

@@ -5,6 +5,7 @@
 
 mod dist;
 mod nix_check;
+mod sh;
 mod tools;
 mod vm_test;
 

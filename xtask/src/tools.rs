@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use crate::dist::sh::{self, stage};
+use crate::sh::{self, stage};
 use crate::{dist, nix_check, vm_test};
 
 /// Tools the daemon's build needs: protoc for the API and mesh schemas.

@@ -125,7 +125,7 @@ struct Row {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let root = host::repo_root();
+    let root = crate::dist::repo_root()?;
     let Some(opts) = parse(args, &root)? else { return Ok(()) };
     let started = Instant::now();
     let mut timings = Vec::new();

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::Ctx;
-use super::sh::{self, MUSL_TARGET};
+use crate::sh::{self, MUSL_TARGET};
 
 /// Builds the release binary for the musl target and returns its path
 /// inside the target directory (stripped, static).

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{Ctx, binary, oci, sh};
+use super::{Ctx, binary, oci};
+use crate::sh;
 
 /// Highest acceptable `systemd-analyze security` exposure of the unit.
 const MAX_EXPOSURE: f64 = 2.0;

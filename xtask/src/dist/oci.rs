@@ -12,8 +12,9 @@ use oci_spec::image::{
     ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder,
 };
 
+use super::Ctx;
 use super::archive::{self, Content, Entry};
-use super::{Ctx, sh};
+use crate::sh;
 
 /// Numeric user and group the container runs as (no /etc/passwd needed).
 pub const IMAGE_UID: u64 = 65532;

@@ -7,7 +7,8 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::binary::set_mode;
-use super::{Ctx, archive, sh};
+use super::{Ctx, archive};
+use crate::sh;
 
 /// Lays out `tree` with the files at their installed paths (relative to /)
 /// plus install.sh at its top: the content of the release tarball.

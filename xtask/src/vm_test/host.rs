@@ -2,50 +2,13 @@
 //! readable errors, timing stages, and installing the Debian tools the
 //! harness needs on a fresh machine.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-/// The repository root (the parent of the xtask crate).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf()
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// Runs `cmd` with inherited output; an error names the command.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let what = describe(cmd);
-    let status = cmd.status().with_context(|| format!("cannot start `{what}`"))?;
-    if !status.success() {
-        bail!("`{what}` failed ({status})");
-    }
-    Ok(())
-}
-
-/// Runs `cmd` capturing its output; on failure the error carries stderr.
-pub fn output(cmd: &mut Command) -> Result<String> {
-    let what = describe(cmd);
-    let out: Output = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot start `{what}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{what}` failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub use crate::sh::{describe, output, run, which};
 
 /// Runs `cmd` with stdout and stderr sent to `log`; on failure the error
 /// carries the log's last lines, so long chatty tools stay readable.
@@ -84,14 +47,6 @@ pub fn stage<T>(timings: &mut Vec<(String, f64)>, name: &str, f: impl FnOnce() -
         Err(_) => println!("<== {name}: FAILED after {secs:.1} s"),
     }
     result.with_context(|| format!("stage `{name}`"))
-}
-
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 /// (program, Debian package providing it) for everything the harness runs.
@@ -147,12 +102,4 @@ pub fn ensure_tools() -> Result<()> {
 
 pub fn is_root() -> bool {
     output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
-}
-
-/// Seconds since the epoch of the last commit: the packages' mtimes.
-pub fn source_date_epoch(root: &Path) -> Result<String> {
-    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        return Ok(v);
-    }
-    Ok(output(Command::new("git").arg("-C").arg(root).args(["log", "-1", "--format=%ct"]))?.trim().to_string())
 }

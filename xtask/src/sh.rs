@@ -26,7 +26,7 @@ pub fn stage<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
-fn describe(cmd: &Command) -> String {
+pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         s.push(' ');
@@ -66,12 +66,14 @@ pub fn capture(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null()).output().with_context(|| format!("starting `{}`", describe(cmd)))
 }
 
-/// Finds an executable on PATH.
+/// Finds an executable on PATH, or in the sbin directories a non-root PATH may lack.
 pub fn which(name: impl AsRef<OsStr>) -> Option<PathBuf> {
     let name = name.as_ref();
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file() && is_executable(p))
-    })
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file() && is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
