@@ -50,10 +50,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .map(|config| crate::watcher::Watcher::start(config, store.clone()));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mesh = if mesh_options.listen.is_none()
-        && mesh_options.peers.is_empty()
-        && settings.mesh_listen.as_deref() == Some("disabled")
-    {
+    // `mesh_listen: disabled` with no peers to dial means no mesh at all.
+    let mesh = if settings.mesh_listen.as_deref() == Some("disabled") && mesh_options.peers.is_empty() {
         None
     } else {
         Some(Mesh::start(mesh_options, store.clone(), Arc::clone(&node), shutdown_rx.clone()).await?)
