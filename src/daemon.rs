@@ -20,6 +20,7 @@ use crate::store::{DocumentStore, StoreOptions};
 use crate::systemd;
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peat_sidecar_descriptor.bin"));
+static HEALTH_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/health_descriptor.bin"));
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // One process-wide TLS provider, whichever crates ask for rustls.
@@ -59,8 +60,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let api = Arc::new(Api::new(store.clone(), Arc::clone(&node), mesh, shutdown_rx));
     let router = api.register(Router::new());
     let (router, health) = connectrpc_health::install_static(router, [PEAT_SIDECAR_SERVICE_NAME]);
-    let reflector = connectrpc_reflection::Reflector::from_descriptor_set_bytes(DESCRIPTOR_SET)
+    let mut reflector = connectrpc_reflection::Reflector::from_descriptor_set_bytes(DESCRIPTOR_SET)
         .context("loading the API descriptor set for reflection")?;
+    reflector
+        .add_descriptor_set_bytes(HEALTH_DESCRIPTOR_SET)
+        .context("loading the health descriptor set for reflection")?;
     let router = connectrpc_reflection::install(router, reflector);
     let service = ConnectRpcService::new(router).with_limits(
         Limits::default()

@@ -386,7 +386,6 @@ fn start_and_stop_sync_toggle_sync_active_and_a_disabled_mesh_says_so() {
 /// `grpcurl ADDR grpc.health.v1.Health/Check` resolves the method through
 /// reflection, so the health service must be in the reflected descriptors.
 #[test]
-#[ignore = "the reflection descriptor set holds only peat.sidecar.v1; build.rs must add grpc/health/v1/health.proto"]
 fn reflection_lists_the_health_service() {
     use connectrpc_reflection::wire::v1::ServerReflectionRequest;
     use connectrpc_reflection::wire::v1::server_reflection_request::MessageRequest;
