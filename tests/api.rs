@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use connectrpc::{ErrorCode, Protocol};
 use peat_sidecar::proto::peat::sidecar::v1::*;
-use support::{Client, Listen, SidecarOptions, grpc_frame, raw_post, runtime};
+use support::{Client, Listen, SidecarOptions, grpc_frame, put, raw_post, runtime};
 
 /// Awaits the next message of a `Subscribe` stream as an owned `DocumentChange`.
 macro_rules! next_change {
@@ -23,15 +23,6 @@ macro_rules! next_change {
         let change: DocumentChange = message.to_owned_message();
         change
     }};
-}
-
-fn put(collection: &str, doc_id: &str, json: &str) -> PutDocumentRequest {
-    PutDocumentRequest {
-        collection: collection.into(),
-        doc_id: doc_id.into(),
-        json_data: json.into(),
-        ..Default::default()
-    }
 }
 
 fn get(collection: &str, doc_id: &str) -> GetDocumentRequest {

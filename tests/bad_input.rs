@@ -8,18 +8,9 @@ mod support;
 use connectrpc::{ErrorCode, Protocol};
 use peat_sidecar::proto::peat::sidecar::v1::*;
 use peat_sidecar::store::{DocumentStore, StoreOptions};
-use support::{Client, SidecarOptions, grpc_frame, raw_post, runtime};
+use support::{Client, SidecarOptions, grpc_frame, put, raw_post, runtime};
 
 const ONE_MIB: usize = 1024 * 1024;
-
-fn put(collection: &str, doc_id: &str, json: &str) -> PutDocumentRequest {
-    PutDocumentRequest {
-        collection: collection.into(),
-        doc_id: doc_id.into(),
-        json_data: json.into(),
-        ..Default::default()
-    }
-}
 
 /// (what, collection, doc_id, json_data, field the message must name, words it must contain)
 fn bad_puts() -> Vec<(&'static str, String, String, String, &'static str, &'static str)> {

@@ -22,7 +22,7 @@ use connectrpc::client::SharedHttp2Connection;
 use connectrpc::client::{BoxFuture, ClientBody, ClientConfig, ClientTransport, Http2Connection, HttpClient};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use peat_sidecar::proto::peat::sidecar::v1::PeatSidecarClient;
+use peat_sidecar::proto::peat::sidecar::v1::{PeatSidecarClient, PutDocumentRequest};
 
 /// Path of the binary under test: `PEAT_SIDECAR_BIN` when set (to run the
 /// suite or the benchmark against another build, e.g. the static musl
@@ -396,5 +396,15 @@ pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `PutDocument` request.
+pub fn put(collection: &str, doc_id: &str, json: &str) -> PutDocumentRequest {
+    PutDocumentRequest {
+        collection: collection.into(),
+        doc_id: doc_id.into(),
+        json_data: json.into(),
+        ..Default::default()
     }
 }
