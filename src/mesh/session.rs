@@ -321,8 +321,9 @@ impl<'a> SyncLoop<'a> {
                     if last_heard.elapsed() > PEER_TIMEOUT {
                         break Err(SessionEnd::Timeout(PEER_TIMEOUT));
                     }
-                    if out.try_send(Frame { kind: Some(Kind::Heartbeat(proto::Heartbeat {})) }).is_ok() {
-                        self.shared.stats.sent_bytes(2);
+                    let frame = Frame { kind: Some(Kind::Heartbeat(proto::Heartbeat {})) };
+                    if out.try_send(frame.clone()).is_ok() {
+                        self.shared.stats.sent(&frame);
                     }
                 }
                 () = super::until(&mut stop, true) => break Err(SessionEnd::Stopped),
@@ -514,11 +515,7 @@ pub struct Stats {
 impl Stats {
     fn sent(&self, frame: &Frame) {
         use prost::Message;
-        self.sent_bytes(frame.encoded_len() as u64);
-    }
-
-    fn sent_bytes(&self, n: u64) {
-        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(frame.encoded_len() as u64, Ordering::Relaxed);
     }
 
     fn received(&self, kind: &Kind) {
