@@ -9,8 +9,18 @@ use peat_sidecar::store::{DocKey, DocumentStore, Origin, StoreOptions};
 use serde_json::{Value, json};
 
 fn open(dir: &std::path::Path) -> DocumentStore {
-    DocumentStore::open(&StoreOptions { path: dir.to_owned(), encryption_key: None, max_document_bytes: 1 << 20 })
-        .expect("opening the store")
+    let options = StoreOptions { path: dir.to_owned(), encryption_key: None, max_document_bytes: 1 << 20 };
+    // sled's background I/O threads may hold the directory lock for a moment
+    // after the last handle of a previous open is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match DocumentStore::open(&options) {
+            Err(err) if err.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result.expect("opening the store"),
+        }
+    }
 }
 
 fn get(store: &DocumentStore, key: &DocKey) -> Option<Value> {
