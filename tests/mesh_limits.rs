@@ -16,7 +16,9 @@ const T: Duration = Duration::from_secs(15);
 /// The log line of `node` containing `needle` (waiting briefly for it).
 async fn log_line(node: &Node, needle: &str) -> String {
     assert_log(node, needle).await;
-    node.log().lines().find(|l| l.contains(needle)).expect("line just seen").to_owned()
+    let line = node.log().lines().find(|l| l.contains(needle)).expect("line just seen").to_owned();
+    eprintln!("{}: {line}", node.spec.node_id);
+    line
 }
 
 /// Nothing crossed between `listener` and the refused `dialer`.
@@ -39,6 +41,13 @@ async fn tls_listener_logs_the_remote_and_reason_of_each_refused_handshake() {
     b.put("tls", "listener-only", r#"{"b":1}"#).await;
     let rogue_pki = TestPki::new(&tmp.path().join("rogue"), "rogue");
 
+    // A member of the formation gets in, and the listener knows its address.
+    let mut spec_a = Spec::new("node-a").peer(&b);
+    spec_a.tls = Some(pki.issue("node-a", &[]));
+    let a = Node::start(spec_a).await;
+    a.wait_doc("tls", "listener-only", Some(r#"{"b":1}"#), T).await;
+    assert_log(&b, "mesh session established peer=node-a remote=127.0.0.1:").await;
+
     // A dialer that trusts the formation CA but holds a certificate from
     // another CA: the listener is the side that refuses it.
     let mut foreign = rogue_pki.issue("node-f", &[]);
@@ -49,7 +58,7 @@ async fn tls_listener_logs_the_remote_and_reason_of_each_refused_handshake() {
     let line = log_line(&b, "failed: peer certificate not signed by the mesh CA").await;
     assert!(line.contains("WARN"), "not a warning: {line}");
     assert!(line.contains("mesh TLS handshake from 127.0.0.1:"), "no remote address: {line}");
-    assert_log(&f, "mesh session to peer ended").await;
+    log_line(&f, "a TLS peer closes the connection when it refuses this node's certificate").await;
     assert_nothing_synced(&b, &f, "f1").await;
     assert_eq!(f.get("tls", "listener-only").await, None);
 
@@ -87,7 +96,8 @@ async fn tls_listener_logs_the_remote_and_reason_of_each_refused_handshake() {
     // No secret material reaches the log.
     let log = b.log();
     assert!(!log.contains("PRIVATE KEY") && !log.contains(KEY), "{log}");
-    assert_eq!(b.stats().await.connected_peers, 0);
+    assert_eq!(b.stats().await.connected_peers, 1);
+    assert!(b.connected_to("node-a").await);
     assert_eq!(b.status().await.node_id, "node-b");
 }
 
@@ -101,7 +111,7 @@ async fn session_limit_refuses_extra_peers_until_a_session_ends() {
     // C authenticates, then A refuses it and both sides say why.
     let line = log_line(&a, "session limit of 1 reached").await;
     assert!(line.contains("WARN") && line.contains("mesh session refused"), "{line}");
-    assert_log(&c, "peer refused us: session limit of 1 reached").await;
+    log_line(&c, "peer refused us: session limit of 1 reached").await;
     for _ in 0..10 {
         let stats = a.stats().await;
         assert_eq!(stats.connected_peers, 1, "A holds more sessions than its limit");
@@ -265,4 +275,25 @@ async fn a_subscriber_that_stops_reading_is_cut_off_without_stalling_the_node() 
     node.put("marks", "m2", r#"{"again":true}"#).await;
     again.next_matching(T, |c| c.doc_id == "m2").await;
     assert_log(&node, "Subscribe stream cut off: the subscriber fell behind").await;
+}
+
+#[tokio::test]
+async fn an_oversize_frame_is_logged_as_the_reason_the_session_closed() {
+    use peat_sidecar::mesh::proto::{DocSync, Frame, SyncBatch, frame::Kind, mesh_client::MeshClient};
+    let b = Node::start(Spec::new("node-b")).await;
+    b.put("safe", "doc", r#"{"keep":"me"}"#).await;
+    let mut client = MeshClient::connect(format!("http://{}", b.mesh_addr)).await.expect("connect");
+    let (tx, out) = tokio::sync::mpsc::channel(1);
+    let mut rx = client.session(tokio_stream::wrappers::ReceiverStream::new(out)).await.expect("session").into_inner();
+    let huge = DocSync { collection: "safe".into(), doc_id: "doc".into(), message: vec![0u8; 17 << 20] };
+    let _ = tx.send(Frame { kind: Some(Kind::Sync(SyncBatch { docs: vec![huge] })) }).await;
+    let ended = tokio::time::timeout(T, async { while let Some(Ok(_)) = rx.next().await {} }).await;
+    assert!(ended.is_ok(), "the session stayed open after an oversize frame");
+
+    let line = log_line(&b, "oversize frame (the limit is 16777216 bytes)").await;
+    assert!(line.contains("WARN") && line.contains("mesh session refused"), "{line}");
+    assert_eq!(b.get("safe", "doc").await.as_deref(), Some(r#"{"keep":"me"}"#));
+    assert_eq!(b.list("safe").await, vec!["doc".to_owned()]);
+    b.put("safe", "after", r#"{"ok":true}"#).await;
+    assert_eq!(b.get("safe", "after").await.as_deref(), Some(r#"{"ok":true}"#));
 }

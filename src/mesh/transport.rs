@@ -7,6 +7,7 @@
 //! handshake itself (rather than inside tonic) so that a refused peer is
 //! logged here with its address and the reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,12 +115,29 @@ impl MeshRpc for MeshService {
 
     async fn session(&self, request: Request<Streaming<Frame>>) -> Result<Response<FrameStream>, Status> {
         let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        let incoming: session::Incoming = Box::pin(request.into_inner());
+        // tonic rejects a frame over MAX_FRAME_BYTES before the session sees
+        // it; note that, so the end is logged as the peer's fault.
+        let oversize = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&oversize);
+        let incoming: session::Incoming = Box::pin(request.into_inner().inspect(move |item| {
+            if let Err(status) = item
+                && status.code() == tonic::Code::OutOfRange
+            {
+                seen.store(true, Ordering::Relaxed);
+            }
+        }));
         let (out, outbound) = mpsc::channel(OUTBOUND_FRAMES);
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let held = out.clone();
-            let result = session::run(shared, Role::Listener, incoming, out, None, remote.clone(), |_| {}).await;
+            let mut result = session::run(shared, Role::Listener, incoming, out, None, remote.clone(), |_| {}).await;
+            if let Err(SessionEnd::Transport(reason)) = &result
+                && oversize.load(Ordering::Relaxed)
+            {
+                result = Err(SessionEnd::Protocol(format!(
+                    "oversize frame (the limit is {MAX_FRAME_BYTES} bytes): {reason}"
+                )));
+            }
             let refused =
                 matches!(result, Err(SessionEnd::Refused(_) | SessionEnd::Duplicate | SessionEnd::Protocol(_)));
             log_end(&remote, result);
@@ -241,10 +259,9 @@ fn tls_handshakes(
                     }
                     Ok(Err(err)) => {
                         let reason = handshake_failure(&err);
-                        tracing::warn!(%remote, "mesh TLS handshake from {remote} failed: {reason}");
+                        tracing::warn!("mesh TLS handshake from {remote} failed: {reason}");
                     }
                     Err(_) => tracing::warn!(
-                        %remote,
                         "mesh TLS handshake from {remote} failed: not completed within {}s",
                         CONNECT_TIMEOUT.as_secs()
                     ),
@@ -321,7 +338,7 @@ pub async fn dial(
     let response = client
         .session(ReceiverStream::new(outbound))
         .await
-        .map_err(|status| SessionEnd::Transport(format!("{}{}", status.message(), plaintext_hint(shared))))?;
+        .map_err(|status| SessionEnd::Transport(format!("{}{}", status_error(&status), tls_hint(shared))))?;
     let incoming: session::Incoming = Box::pin(response.into_inner());
     let expected = (!expected.is_empty()).then(|| expected.to_owned());
     let result = session::run(Arc::clone(shared), Role::Dialer, incoming, out, expected, address.to_owned(), |id| {
@@ -340,6 +357,29 @@ fn plaintext_hint(shared: &Shared) -> &'static str {
         " (this node dials without TLS; a peer whose mesh requires TLS closes such connections)"
     } else {
         ""
+    }
+}
+
+/// A failed call's message with its causes (a TLS alert hides in there).
+fn status_error(status: &Status) -> String {
+    let mut message = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = inner.source();
+    }
+    message
+}
+
+/// What a call that fails right after connecting may mean.
+fn tls_hint(shared: &Shared) -> &'static str {
+    if shared.tls.is_some() {
+        " (a TLS peer closes the connection when it refuses this node's certificate; its log names the reason)"
+    } else {
+        plaintext_hint(shared)
     }
 }
 
