@@ -202,13 +202,68 @@ async fn write_many(node: &Node, collection: &str, count: usize, bytes: usize, p
         .await
 }
 
+/// Reads a stalled `Subscribe` stream until it ends; returns the
+/// `collection/doc_id` of each change received and the error it ended with.
+macro_rules! resume {
+    ($stream:expr, $node:expr) => {{
+        let mut received = Vec::new();
+        let error = loop {
+            let next = tokio::time::timeout(T, $stream.message()).await;
+            let next = next.unwrap_or_else(|_| {
+                let log = $node.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "after {} changes the stream neither continued nor ended; log:\n{}",
+                    received.len(),
+                    tail.join("\n")
+                )
+            });
+            match next {
+                Ok(Some(message)) => {
+                    let change: DocumentChange = message.to_owned_message();
+                    received.push(format!("{}/{}", change.collection, change.doc_id));
+                }
+                Ok(None) => panic!("the stream ended without an error after {} changes", received.len()),
+                Err(err) => break err,
+            }
+        };
+        // Nothing after the error.
+        assert!(matches!(tokio::time::timeout(T, $stream.message()).await, Ok(Ok(None)) | Ok(Err(_))));
+        (received, error)
+    }};
+}
+
+/// The buffered changes came in write order, once each, and the stream
+/// ended with `resource_exhausted` telling the client what to do.
+fn check_cut_off(protocol: &str, received: &[String], error: &connectrpc::ConnectError) {
+    eprintln!("{protocol}: the stalled subscriber received {} buffered changes, then {error:?}", received.len());
+    assert_eq!(error.code, connectrpc::ErrorCode::ResourceExhausted, "{protocol}: {error:?}");
+    let message = error.message.clone().unwrap_or_default();
+    assert!(message.contains("fell behind") && message.contains("subscribe again"), "{protocol}: {message}");
+    assert!(!received.is_empty(), "{protocol}: no buffered change was delivered before the error");
+    assert!(received.len() < 4648, "{protocol}: every change arrived, so nothing was cut off");
+    // Big documents (all written before the small ones) first, each change once.
+    let first_small = received.iter().position(|k| k.starts_with("small/")).unwrap_or(received.len());
+    assert!(received[first_small..].iter().all(|k| k.starts_with("small/")), "{protocol}: out of order: {received:?}");
+    let unique: std::collections::BTreeSet<&String> = received.iter().collect();
+    assert_eq!(unique.len(), received.len(), "{protocol}: a change arrived twice");
+}
+
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_cut_off_without_stalling_the_node() {
     let node = Node::start(Spec::new("node-s")).await;
-    // The slow subscriber has a connection of its own, as a separate client would.
+    // Two slow subscribers, Connect and gRPC (the error travels differently),
+    // each on a connection of its own, as separate clients would be.
     let socket = format!("unix://{}", node.dir.join("api.sock").display());
     let slow = peat_sidecar::ctl::connect(&socket).unwrap();
     let mut stream = slow.subscribe(SubscribeRequest::default()).await.expect("Subscribe");
+    let grpc = {
+        let uri: http::Uri = "http://localhost".parse().unwrap();
+        let connection = connectrpc::client::Http2Connection::lazy_unix(node.dir.join("api.sock"), uri.clone());
+        let config = connectrpc::client::ClientConfig::new(uri).with_protocol(connectrpc::Protocol::Grpc);
+        PeatSidecarClient::new(connection.shared(4), config)
+    };
+    let mut grpc_stream = grpc.subscribe(SubscribeRequest::default()).await.expect("Subscribe over gRPC");
     // A healthy subscriber alongside, reading one collection.
     let mut healthy = Watcher::start(&node, &["marks"]).await;
 
@@ -256,41 +311,12 @@ async fn a_subscriber_that_stops_reading_is_cut_off_without_stalling_the_node() 
     healthy.next_matching(T, |c| c.doc_id == "m").await;
 
     // Resuming: the changes already under way arrive in order, then the
-    // stream ends with resource_exhausted saying the subscriber fell behind.
-    let mut received = Vec::new();
-    let error = loop {
-        let next = tokio::time::timeout(T, stream.message()).await;
-        let next = next.unwrap_or_else(|_| {
-            let log = node.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            panic!(
-                "after {} changes the stream neither continued nor ended; log tail:\n{}",
-                received.len(),
-                tail.join("\n")
-            )
-        });
-        match next {
-            Ok(Some(message)) => {
-                let change: DocumentChange = message.to_owned_message();
-                received.push(format!("{}/{}", change.collection, change.doc_id));
-            }
-            Ok(None) => panic!("the stream ended without an error after {} changes", received.len()),
-            Err(err) => break err,
-        }
-    };
-    eprintln!("the stalled subscriber received {} buffered changes, then: {error:?}", received.len());
-    assert_eq!(error.code, connectrpc::ErrorCode::ResourceExhausted, "{error:?}");
-    let message = error.message.clone().unwrap_or_default();
-    assert!(message.contains("fell behind") && message.contains("subscribe again"), "{message}");
-    assert!(!received.is_empty(), "no buffered change was delivered before the error");
-    assert!(received.len() < 4648, "every change arrived, so nothing was cut off");
-    // What arrived is the start of the write sequence: big documents (all
-    // written before the small ones) first, each change once.
-    let first_small = received.iter().position(|k| k.starts_with("small/")).unwrap_or(received.len());
-    assert!(received[first_small..].iter().all(|k| k.starts_with("small/")), "out of order: {received:?}");
-    let unique: std::collections::BTreeSet<&String> = received.iter().collect();
-    assert_eq!(unique.len(), received.len(), "a change arrived twice");
-    assert!(matches!(tokio::time::timeout(T, stream.message()).await, Ok(Ok(None)) | Ok(Err(_))));
+    // stream ends with resource_exhausted saying the subscriber fell behind;
+    // over the Connect protocol (end-of-stream message) and gRPC (trailers).
+    let (received, error) = resume!(stream, node);
+    check_cut_off("Connect", &received, &error);
+    let (received, error) = resume!(grpc_stream, node);
+    check_cut_off("gRPC", &received, &error);
 
     // The node is unaffected and a fresh subscription works.
     let mut again = Watcher::start(&node, &["marks"]).await;
