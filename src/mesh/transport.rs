@@ -177,8 +177,9 @@ pub async fn serve(
     let service = MeshServer::new(MeshService { shared })
         .max_decoding_message_size(MAX_FRAME_BYTES)
         .max_encoding_message_size(MAX_FRAME_BYTES);
+    // Accepted streams get TCP_NODELAY below: the builder's own setting
+    // applies only to listeners tonic binds itself.
     let router = Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE))
         .add_service(service);
@@ -297,7 +298,8 @@ fn handshake_failure(err: &std::io::Error) -> String {
             | AlertDescription::BadCertificate
             | AlertDescription::CertificateUnknown),
         ) => format!(
-            "peer rejected this node's certificate (alert {alert:?}); its mesh_tls_ca is not the CA that signed mesh_tls_cert here"
+            "peer rejected this node's certificate (alert {alert:?}): its mesh_tls_ca is another CA, \
+             or this certificate does not name the address it dialed"
         ),
         TlsError::AlertReceived(alert) => format!("peer aborted the handshake (alert {alert:?})"),
         TlsError::NoApplicationProtocol => "peer does not offer HTTP/2 (ALPN h2)".into(),
@@ -360,7 +362,7 @@ fn plaintext_hint(shared: &Shared) -> &'static str {
     }
 }
 
-/// A failed call's message with its causes (a TLS alert hides in there).
+/// A failed call's message with its causes (tonic keeps the transport error there).
 fn status_error(status: &Status) -> String {
     let mut message = status.message().to_owned();
     let mut source = std::error::Error::source(status);
