@@ -138,7 +138,8 @@ impl Reconciler {
     pub fn new(mut entries: Vec<Entry>) -> Self {
         entries.sort_unstable_by_key(|e| e.key_hash);
         let top = Bucket { depth: 0, prefix: 0 };
-        let summarise = (0..TOP_DEPTH).fold(vec![top], |level, _| level.into_iter().flat_map(Bucket::children).collect());
+        let summarise =
+            (0..TOP_DEPTH).fold(vec![top], |level, _| level.into_iter().flat_map(Bucket::children).collect());
         Self {
             entries,
             round: 0,
@@ -182,7 +183,8 @@ impl Reconciler {
                 frame.leaf_keys.push(entry.key_hash);
                 frame.leaf_hashes.push(entry.leaf);
                 if full(&frame) {
-                    frames.push(std::mem::replace(&mut frame, proto::Digest { round: self.round, ..Default::default() }));
+                    frames
+                        .push(std::mem::replace(&mut frame, proto::Digest { round: self.round, ..Default::default() }));
                 }
             }
         }
@@ -293,7 +295,10 @@ mod tests {
     }
 
     fn store(docs: &[(&str, u8)]) -> Vec<Entry> {
-        docs.iter().enumerate().map(|(i, (id, h))| Entry::new(DocKey::new("c", *id), &[hash(*h)], i as u64 + 1)).collect()
+        docs.iter()
+            .enumerate()
+            .map(|(i, (id, h))| Entry::new(DocKey::new("c", *id), &[hash(*h)], i as u64 + 1))
+            .collect()
     }
 
     /// Runs both sides to completion, returning what each must offer and the bytes exchanged.
@@ -379,11 +384,24 @@ mod tests {
         let mut r = Reconciler::new(store(&[("x", 1)]));
         assert!(r.receive(proto::Digest { round: 1, last: true, ..Default::default() }).is_err());
         let mut r = Reconciler::new(store(&[("x", 1)]));
-        assert!(r.receive(proto::Digest { round: 0, last: true, counts: vec![1], sums: vec![], ..Default::default() }).is_err());
+        assert!(
+            r.receive(proto::Digest { round: 0, last: true, counts: vec![1], sums: vec![], ..Default::default() })
+                .is_err()
+        );
         let mut r = Reconciler::new(store(&[("x", 1)]));
-        assert!(r.receive(proto::Digest { round: 0, last: true, counts: vec![0; 3], sums: vec![0; 3], ..Default::default() }).is_err());
+        assert!(
+            r.receive(proto::Digest {
+                round: 0,
+                last: true,
+                counts: vec![0; 3],
+                sums: vec![0; 3],
+                ..Default::default()
+            })
+            .is_err()
+        );
         let mut r = Reconciler::new(store(&[("x", 1)]));
-        let leaves = proto::Digest { round: 0, last: true, leaf_keys: vec![1], leaf_hashes: vec![2], ..Default::default() };
+        let leaves =
+            proto::Digest { round: 0, last: true, leaf_keys: vec![1], leaf_hashes: vec![2], ..Default::default() };
         assert!(r.receive(leaves).is_err());
     }
 }

@@ -461,7 +461,9 @@ impl<'a> SyncLoop<'a> {
             Entry::Occupied(mut state) => self.shared.store.generate_sync_message(key, state.get_mut())?,
             Entry::Vacant(vacant) => {
                 let state = vacant.insert(sync::State::new());
-                self.shared.store.generate_sync_message_primed(key, state, |doc, state| prime(key, doc, state, verdict))?
+                self.shared
+                    .store
+                    .generate_sync_message_primed(key, state, |doc, state| prime(key, doc, state, verdict))?
             }
         };
         match message {
@@ -528,8 +530,8 @@ impl<'a> SyncLoop<'a> {
             // The peer may not know our heads: it (re)starts this document's
             // exchange from scratch (e.g. after dropping its sync state in
             // `trim_states`), or it pushed changes on a guess of what we hold.
-            let peer_starts_over = message.have.first().is_some_and(|have| have.last_sync.is_empty())
-                || !message.changes.is_empty();
+            let peer_starts_over =
+                message.have.first().is_some_and(|have| have.last_sync.is_empty()) || !message.changes.is_empty();
             self.trim_states();
             let state = self.states.entry(key.clone()).or_default();
             self.shared.store.receive_sync_message(&key, state, message, &self.peer_id).map_err(|e| match e {
