@@ -301,8 +301,11 @@ mod tests {
             .collect()
     }
 
+    /// Doc ids a side must offer, with what it learned about the peer's copy.
+    type Offers = Vec<(String, Verdict)>;
+
     /// Runs both sides to completion, returning what each must offer and the bytes exchanged.
-    fn reconcile(a: Vec<Entry>, b: Vec<Entry>) -> (Vec<(String, Verdict)>, Vec<(String, Verdict)>, usize) {
+    fn reconcile(a: Vec<Entry>, b: Vec<Entry>) -> (Offers, Offers, usize) {
         use prost::Message;
         let (mut a, mut b) = (Reconciler::new(a), Reconciler::new(b));
         let (mut from_a, mut from_b) = (a.frames(), b.frames());
