@@ -581,7 +581,7 @@ impl<'a> SyncLoop<'a> {
             None => self.scanned,
         };
         let delivered = match self.to_offer.front() {
-            Some(&(first, _)) => delivered.min(first - 1),
+            Some(&(first, _)) => delivered.min(first.saturating_sub(1)),
             None => delivered,
         };
         if self.digest.is_none() && delivered > self.cursor_sent && self.queue.is_empty() {
