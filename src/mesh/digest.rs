@@ -258,6 +258,9 @@ impl Reconciler {
             if (count, sum) == (their_count, their_sum) || count == 0 {
                 continue;
             }
+            if bucket.depth == MAX_DEPTH && their_count > LEAF_MAX {
+                return Err(format!("digest claims {their_count} documents with one key hash"));
+            }
             if their_count == 0 {
                 differing.extend(self.slice(*bucket).iter().map(|e| (e, Verdict::PeerLacks)));
             } else if count.max(their_count) <= LEAF_MAX || bucket.depth == MAX_DEPTH {
