@@ -675,3 +675,22 @@ async fn first_contact_between_different_stores_converges_everywhere() {
     let everywhere = wait_identical(&[&a, &b, &c, &d], "base", T).await;
     assert_eq!(everywhere, docs);
 }
+
+#[tokio::test]
+async fn a_wiped_node_gets_everything_back_by_digest() {
+    let (a, mut b) = pair().await;
+    for i in 0..50 {
+        a.put("wipe", &format!("w{i}"), &format!(r#"{{"i":{i}}}"#)).await;
+    }
+    b.wait_count("wipe", 50, T).await;
+
+    // B loses its store: a new epoch voids A's cursor for it, and B has none for A.
+    b.stop(true).await;
+    std::fs::remove_dir_all(b.dir.join("data")).unwrap();
+    b.relaunch().await;
+    b.put("wipe", "after-wipe", r#"{"new":"on b"}"#).await;
+    let docs = wait_identical(&[&a, &b], "wipe", T).await;
+    assert_eq!(docs.len(), 51);
+    assert_eq!(docs["w7"], r#"{"i":7}"#);
+    assert_eq!(docs["after-wipe"], r#"{"new":"on b"}"#);
+}
