@@ -166,6 +166,23 @@ fn sled_floor(work: &std::path::Path, total: usize) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The floor under PutDocument without the RPC stack: the store's own
+/// durable `put_json` from `concurrency` tasks in this process.
+fn store_floor(rt: &tokio::runtime::Runtime, work: &std::path::Path, concurrency: usize, total: usize) -> Measured {
+    let store = peat_sidecar::store::DocumentStore::open(&peat_sidecar::store::StoreOptions {
+        path: work.join(format!("store-floor-c{concurrency}")),
+        encryption_key: None,
+        max_document_bytes: 1 << 20,
+    })
+    .unwrap();
+    rt.block_on(load(concurrency, total, move |i| {
+        let store = store.clone();
+        async move {
+            store.put_json("floor", &format!("doc-{i}"), &document(i)).await.expect("store put");
+        }
+    }))
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let binary = support::binary();
@@ -193,6 +210,14 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut rows = Vec::new();
     let mut floors = Vec::new();
+    let store_rates: Vec<f64> = [1, 16]
+        .into_iter()
+        .map(|concurrency| {
+            let measured = store_floor(&rt, work.path(), concurrency, scaled(3_000 * concurrency.min(4)));
+            rows.push(measured.row("store put_json in-process (floor, no RPC)", concurrency));
+            measured.rate()
+        })
+        .collect();
     rt.block_on(async {
         for (label, client) in [
             ("Connect JSON, HTTP/1.1", sidecar.client_h1(Protocol::Connect, true)),
@@ -279,7 +304,12 @@ fn main() {
                 rates[&("get", 16)] / rates[&("status", 16)],
                 last.rate() / first.rate(),
             ));
-            floors.push(format!("{label}: PutDocument c=1 / sled insert+flush {:.2}", rates[&("put", 1)] / sled_rate));
+            floors.push(format!(
+                "{label}: PutDocument / in-process store put c=1 {:.2}, c=16 {:.2}; PutDocument c=1 / sled insert+flush {:.2}",
+                rates[&("put", 1)] / store_rates[0],
+                rates[&("put", 16)] / store_rates[1],
+                rates[&("put", 1)] / sled_rate
+            ));
         }
     });
 

@@ -76,6 +76,9 @@ pub struct Settings {
     pub mesh_tls_cert: Option<PathBuf>,
     pub mesh_tls_key: Option<PathBuf>,
     pub mesh_tls_ca: Option<PathBuf>,
+    /// Mesh sessions (inbound and outbound together) kept at most; further
+    /// authenticated peers are refused until one ends.
+    pub mesh_max_sessions: usize,
     pub auto_sync: bool,
     /// Largest accepted JSON document, in bytes.
     pub max_document_bytes: usize,
@@ -113,6 +116,7 @@ impl Default for Settings {
             mesh_tls_cert: None,
             mesh_tls_key: None,
             mesh_tls_ca: None,
+            mesh_max_sessions: 64,
             auto_sync: true,
             max_document_bytes: 1024 * 1024,
             max_request_bytes: 4 * 1024 * 1024,
@@ -239,6 +243,9 @@ impl Settings {
         }
         if self.encryption_key.is_some() && self.encryption_key_file.is_some() {
             bail!("set only one of `encryption_key` and `encryption_key_file`");
+        }
+        if self.mesh_max_sessions == 0 {
+            bail!("setting `mesh_max_sessions` must be at least 1");
         }
         if self.max_document_bytes == 0 {
             bail!("setting `max_document_bytes` must be positive");

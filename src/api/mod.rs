@@ -361,6 +361,10 @@ fn change_stream(
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     s.done = true;
+                    tracing::warn!(
+                        missed,
+                        "Subscribe stream cut off: the subscriber fell behind the change feed and stopped reading"
+                    );
                     let err = ConnectError::resource_exhausted(format!(
                         "subscriber fell behind and {missed} changes were dropped; subscribe again and re-read the documents"
                     ));

@@ -34,8 +34,6 @@ pub mod proto {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
-/// Sessions (inbound and outbound) this node keeps at most.
-pub const MAX_SESSIONS: usize = 64;
 
 /// Peer state shown by `ListPeers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,8 +314,8 @@ impl Shared {
                 return Err(SessionEnd::Duplicate);
             }
             let _ = existing.stop.send(true);
-        } else if sessions.len() >= MAX_SESSIONS {
-            return Err(SessionEnd::Refused(format!("session limit of {MAX_SESSIONS} reached")));
+        } else if sessions.len() >= self.options.max_sessions {
+            return Err(SessionEnd::Refused(format!("session limit of {} reached", self.options.max_sessions)));
         }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (stop, stopped) = watch::channel(false);

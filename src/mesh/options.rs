@@ -29,6 +29,9 @@ pub struct MeshOptions {
     pub tls: Option<TlsFiles>,
     pub peers: Vec<KnownPeer>,
     pub auto_sync: bool,
+    /// Sessions (inbound and outbound together) this node keeps at most;
+    /// authenticated peers beyond it are refused with the reason.
+    pub max_sessions: usize,
 }
 
 impl MeshOptions {
@@ -78,6 +81,7 @@ impl MeshOptions {
             tls,
             peers,
             auto_sync: settings.auto_sync,
+            max_sessions: settings.mesh_max_sessions,
         })
     }
 }

@@ -3,17 +3,24 @@
 //!
 //! With TLS configured, both ends present certificates signed by the
 //! formation CA (mutual TLS); without it the mesh runs plaintext HTTP/2 and
-//! relies on the shared-key handshake alone.
+//! relies on the shared-key handshake alone. The listener runs the TLS
+//! handshake itself (rather than inside tonic) so that a refused peer is
+//! logged here with its address and the reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use futures::StreamExt;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Shared;
@@ -29,19 +36,50 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(10);
 const OUTBOUND_FRAMES: usize = 64;
+/// How long a refused session stays open for the peer to read the reason.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 fn read(path: &std::path::Path, setting: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("setting `{setting}`: reading {}", path.display()))
 }
 
-pub struct ServerTls(ServerTlsConfig);
+/// The listener's TLS side: its certificate, and the CA every dialer's
+/// client certificate must chain to (client certificates are required).
+pub struct ServerTls(TlsAcceptor);
 
 impl ServerTls {
     pub fn load(files: &TlsFiles) -> anyhow::Result<Self> {
-        let identity = Identity::from_pem(read(&files.cert, "mesh_tls_cert")?, read(&files.key, "mesh_tls_key")?);
-        let ca = Certificate::from_pem(read(&files.ca, "mesh_tls_ca")?);
-        Ok(Self(ServerTlsConfig::new().identity(identity).client_ca_root(ca)))
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(&files.ca, "mesh_tls_ca")? {
+            roots.add(cert).with_context(|| format!("setting `mesh_tls_ca`: {}", files.ca.display()))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .with_context(|| format!("setting `mesh_tls_ca`: {} is not a usable CA", files.ca.display()))?;
+        let chain = certificates(&files.cert, "mesh_tls_cert")?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&files.key, "mesh_tls_key")?)
+            .with_context(|| format!("setting `mesh_tls_key`: {} contains no PEM private key", files.key.display()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .context("settings `mesh_tls_cert` and `mesh_tls_key` do not form a usable identity")?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self(TlsAcceptor::from(Arc::new(config))))
     }
+}
+
+fn certificates(path: &std::path::Path, setting: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = read(path, setting)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("setting `{setting}`: {} is not valid PEM", path.display()))?;
+    if certs.is_empty() {
+        bail!("setting `{setting}`: {} contains no PEM certificate", path.display());
+    }
+    Ok(certs)
 }
 
 pub struct ClientTls {
@@ -77,12 +115,41 @@ impl MeshRpc for MeshService {
 
     async fn session(&self, request: Request<Streaming<Frame>>) -> Result<Response<FrameStream>, Status> {
         let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        let incoming: session::Incoming = Box::pin(request.into_inner());
+        // tonic rejects a frame over MAX_FRAME_BYTES before the session sees
+        // it; note that, so the end is logged as the peer's fault.
+        let oversize = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&oversize);
+        let incoming: session::Incoming = Box::pin(request.into_inner().inspect(move |item| {
+            if let Err(status) = item
+                && status.code() == tonic::Code::OutOfRange
+            {
+                seen.store(true, Ordering::Relaxed);
+            }
+        }));
         let (out, outbound) = mpsc::channel(OUTBOUND_FRAMES);
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
-            let result = session::run(shared, Role::Listener, incoming, out, None, remote.clone(), |_| {}).await;
+            let held = out.clone();
+            let mut result = session::run(shared, Role::Listener, incoming, out, None, remote.clone(), |_| {}).await;
+            if let Err(SessionEnd::Transport(reason)) = &result
+                && oversize.load(Ordering::Relaxed)
+            {
+                result = Err(SessionEnd::Protocol(format!(
+                    "oversize frame (the limit is {MAX_FRAME_BYTES} bytes): {reason}"
+                )));
+            }
+            let refused =
+                matches!(result, Err(SessionEnd::Refused(_) | SessionEnd::Duplicate | SessionEnd::Protocol(_)));
             log_end(&remote, result);
+            if refused {
+                // A refused dialer may be sending before it reads (it sends
+                // Resume right after its side of the handshake); ending the
+                // stream at once would reset it before it sees the reason.
+                tokio::select! {
+                    () = held.closed() => {}
+                    () = tokio::time::sleep(REFUSAL_LINGER) => {}
+                }
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound).map(Ok))))
     }
@@ -105,50 +172,53 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
     tls: Option<ServerTls>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let service = MeshServer::new(MeshService { shared })
         .max_decoding_message_size(MAX_FRAME_BYTES)
         .max_encoding_message_size(MAX_FRAME_BYTES);
-    let mut builder = Server::builder()
-        .tcp_nodelay(true)
+    // Accepted streams get TCP_NODELAY below: the builder's own setting
+    // applies only to listeners tonic binds itself.
+    let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE));
-    let builder_has_tls = tls.is_some();
-    if let Some(ServerTls(config)) = tls {
-        builder = match builder.tls_config(config) {
-            Ok(builder) => builder,
-            Err(err) => {
-                tracing::error!(error = %err, "mesh TLS configuration rejected; mesh listener not started");
-                return;
-            }
-        };
-    }
-    let incoming: Incoming = if builder_has_tls {
-        Box::pin(tls_only(listener, shutdown.clone()))
-    } else {
-        Box::pin(TcpListenerStream::new(listener))
-    };
-    let result = builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move {
+        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .add_service(service);
+    let stopped = {
+        let mut shutdown = shutdown.clone();
+        async move {
             let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await;
+        }
+    };
+    let result = match tls {
+        Some(ServerTls(acceptor)) => {
+            let incoming = tls_handshakes(listener, acceptor, shutdown.clone());
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+        None => {
+            let incoming = TcpListenerStream::new(listener).inspect(|accepted| {
+                if let Ok(stream) = accepted {
+                    let _ = stream.set_nodelay(true);
+                }
+            });
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    };
     if let Err(err) = result {
         tracing::error!(error = %err, "mesh listener failed");
     }
 }
 
-type Incoming = std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<TcpStream>> + Send>>;
-
-/// Accepts connections for a TLS listener, turning away (with a log line)
-/// those that do not open with a TLS handshake record: otherwise a peer
-/// missing its TLS settings would fail silently on this side.
-fn tls_only(
+/// Accepts connections for a TLS listener and runs the TLS handshake on
+/// each, yielding only the streams that completed it. Every refusal gets a
+/// warn line naming the remote address and the reason: a connection that
+/// does not open with a TLS record (a peer missing its TLS settings), a
+/// client certificate from another CA, none at all, or a peer that rejected
+/// this node's certificate. Without this the dialer alone would know why.
+fn tls_handshakes(
     listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
     mut shutdown: watch::Receiver<bool>,
-) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
+) -> impl futures::Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
     let (accepted, incoming) = mpsc::channel(OUTBOUND_FRAMES);
     tokio::spawn(async move {
         loop {
@@ -164,24 +234,77 @@ fn tls_only(
                 () = super::until(&mut shutdown, true) => return,
             };
             let accepted = accepted.clone();
-            // Peeking waits for the client's first bytes; do it off the accept loop.
+            let acceptor = acceptor.clone();
+            // Handshakes wait on the client; run them off the accept loop.
             tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(CONNECT_TIMEOUT, stream.peek(&mut first)).await {
-                    Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {
-                        let _ = accepted.send(Ok(stream)).await;
+                    Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+                    Ok(Ok(1)) => {
+                        tracing::warn!(
+                            %remote,
+                            "mesh session refused: plaintext connection to a TLS mesh listener \
+                             (the peer needs mesh_tls_cert, mesh_tls_key and mesh_tls_ca)"
+                        );
+                        return;
                     }
-                    Ok(Ok(1)) => tracing::warn!(
-                        %remote,
-                        "mesh session refused: plaintext connection to a TLS mesh listener \
-                         (the peer needs mesh_tls_cert, mesh_tls_key and mesh_tls_ca)"
+                    _ => {
+                        tracing::info!(%remote, "mesh connection closed before a TLS handshake");
+                        return;
+                    }
+                }
+                match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = accepted.send(Ok(tls)).await;
+                    }
+                    Ok(Err(err)) => {
+                        let reason = handshake_failure(&err);
+                        tracing::warn!("mesh TLS handshake from {remote} failed: {reason}");
+                    }
+                    Err(_) => tracing::warn!(
+                        "mesh TLS handshake from {remote} failed: not completed within {}s",
+                        CONNECT_TIMEOUT.as_secs()
                     ),
-                    _ => tracing::info!(%remote, "mesh connection closed before a TLS handshake"),
                 }
             });
         }
     });
     ReceiverStream::new(incoming)
+}
+
+/// Why a listener-side TLS handshake failed, in the operator's terms.
+fn handshake_failure(err: &std::io::Error) -> String {
+    use rustls::{AlertDescription, CertificateError, Error as TlsError};
+    let Some(tls) = err.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>()) else {
+        return format!("connection error: {err}");
+    };
+    match tls {
+        TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "peer certificate not signed by the mesh CA (mesh_tls_ca)".into()
+        }
+        TlsError::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "peer certificate has expired".into()
+        }
+        TlsError::InvalidCertificate(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => {
+            "peer certificate is not valid yet".into()
+        }
+        TlsError::InvalidCertificate(other) => format!("peer certificate rejected: {other:?}"),
+        TlsError::NoCertificatesPresented => {
+            "peer presented no client certificate (the mesh requires mutual TLS)".into()
+        }
+        TlsError::AlertReceived(
+            alert @ (AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown),
+        ) => format!(
+            "peer rejected this node's certificate (alert {alert:?}): its mesh_tls_ca is another CA, \
+             or this certificate does not name the address it dialed"
+        ),
+        TlsError::AlertReceived(alert) => format!("peer aborted the handshake (alert {alert:?})"),
+        TlsError::NoApplicationProtocol => "peer does not offer HTTP/2 (ALPN h2)".into(),
+        other => other.to_string(),
+    }
 }
 
 /// First byte of every TLS connection (a handshake record).
@@ -217,7 +340,7 @@ pub async fn dial(
     let response = client
         .session(ReceiverStream::new(outbound))
         .await
-        .map_err(|status| SessionEnd::Transport(format!("{}{}", status.message(), plaintext_hint(shared))))?;
+        .map_err(|status| SessionEnd::Transport(format!("{}{}", status_error(&status), tls_hint(shared))))?;
     let incoming: session::Incoming = Box::pin(response.into_inner());
     let expected = (!expected.is_empty()).then(|| expected.to_owned());
     let result = session::run(Arc::clone(shared), Role::Dialer, incoming, out, expected, address.to_owned(), |id| {
@@ -236,6 +359,29 @@ fn plaintext_hint(shared: &Shared) -> &'static str {
         " (this node dials without TLS; a peer whose mesh requires TLS closes such connections)"
     } else {
         ""
+    }
+}
+
+/// A failed call's message with its causes (tonic keeps the transport error there).
+fn status_error(status: &Status) -> String {
+    let mut message = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = inner.source();
+    }
+    message
+}
+
+/// What a call that fails right after connecting may mean.
+fn tls_hint(shared: &Shared) -> &'static str {
+    if shared.tls.is_some() {
+        " (a TLS peer closes the connection when it refuses this node's certificate; its log names the reason)"
+    } else {
+        plaintext_hint(shared)
     }
 }
 

@@ -1,47 +1,66 @@
-//! Group commit: many concurrent writers share one sled flush.
+//! Group commit: the store's single writer thread.
 //!
-//! A writer applies its batch, takes a ticket, and waits until a flush that
-//! *started after* the ticket was taken completes. One background thread
-//! flushes whenever tickets are outstanding, so under load a single fsync
-//! acknowledges every write that arrived while the previous one ran.
+//! Writers queue their prepared writes and wait for a ticket. The writer
+//! thread takes everything queued so far, hands it to the store to apply as
+//! one atomic sled batch, flushes once, and then releases every ticket the
+//! group covered. sled makes each batch a synchronous log write of its own,
+//! so applying writes one by one would cost a disk round trip per request;
+//! here concurrent requests share both the batch and the flush.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-#[derive(Default)]
-struct Tickets {
+struct Queue<W> {
+    /// Tickets handed out; the writes (if any) behind them wait in `writes`.
     issued: u64,
+    writes: Vec<W>,
     shutdown: bool,
 }
 
-pub struct GroupCommit {
-    tickets: Arc<(Mutex<Tickets>, Condvar)>,
+pub struct GroupCommit<W> {
+    queue: Arc<(Mutex<Queue<W>>, Condvar)>,
     flushed: watch::Receiver<u64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl GroupCommit {
-    pub fn start(db: sled::Db) -> Self {
-        let tickets: Arc<(Mutex<Tickets>, Condvar)> = Arc::default();
+impl<W: Send + 'static> GroupCommit<W> {
+    /// Starts the writer thread. `apply` receives each group of writes in
+    /// queue order and must not return before they are in `db` (it retries
+    /// on its own: a write that was queued cannot be taken back).
+    pub fn start(db: sled::Db, apply: impl FnMut(Vec<W>) + Send + 'static) -> Self {
+        let queue = Arc::new((Mutex::new(Queue { issued: 0, writes: Vec::new(), shutdown: false }), Condvar::new()));
         let (flushed_tx, flushed) = watch::channel(0u64);
-        let worker_tickets = Arc::clone(&tickets);
+        let worker_queue = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
-            .name("store-flush".into())
-            .spawn(move || flush_loop(&db, &worker_tickets, &flushed_tx))
-            .expect("spawning the store flush thread");
-        Self { tickets, flushed, thread: Some(thread) }
+            .name("store-writer".into())
+            .spawn(move || write_loop(&db, &worker_queue, apply, &flushed_tx))
+            .expect("spawning the store writer thread");
+        Self { queue, flushed, thread: Some(thread) }
     }
 
-    /// Waits until everything written before this call is on disk.
+    /// Queues the write `build` returns. `build` runs under the queue lock,
+    /// so writes are applied in exactly the order they were built (the store
+    /// numbers its change log there).
+    pub fn submit(&self, build: impl FnOnce() -> W) {
+        let (lock, cvar) = &*self.queue;
+        let mut queue = lock.lock().expect("write queue lock");
+        let write = build();
+        queue.writes.push(write);
+        queue.issued += 1;
+        cvar.notify_one();
+    }
+
+    /// Waits until everything submitted (or written to sled directly) before
+    /// this call is applied and on disk.
     pub async fn durable(&self) -> Result<(), NotDurable> {
         let ticket = {
-            let (lock, cvar) = &*self.tickets;
-            let mut t = lock.lock().expect("ticket lock");
-            t.issued += 1;
+            let (lock, cvar) = &*self.queue;
+            let mut queue = lock.lock().expect("write queue lock");
+            queue.issued += 1;
             cvar.notify_one();
-            t.issued
+            queue.issued
         };
         let mut flushed = self.flushed.clone();
         match tokio::time::timeout(Duration::from_secs(30), flushed.wait_for(|done| *done >= ticket)).await {
@@ -51,11 +70,11 @@ impl GroupCommit {
     }
 }
 
-impl Drop for GroupCommit {
+impl<W> Drop for GroupCommit<W> {
     fn drop(&mut self) {
         {
-            let (lock, cvar) = &*self.tickets;
-            lock.lock().expect("ticket lock").shutdown = true;
+            let (lock, cvar) = &*self.queue;
+            lock.lock().expect("write queue lock").shutdown = true;
             cvar.notify_one();
         }
         if let Some(thread) = self.thread.take() {
@@ -64,20 +83,28 @@ impl Drop for GroupCommit {
     }
 }
 
-fn flush_loop(db: &sled::Db, tickets: &(Mutex<Tickets>, Condvar), flushed: &watch::Sender<u64>) {
+fn write_loop<W>(
+    db: &sled::Db,
+    queue: &(Mutex<Queue<W>>, Condvar),
+    mut apply: impl FnMut(Vec<W>),
+    flushed: &watch::Sender<u64>,
+) {
     let mut done = 0u64;
     loop {
-        let target = {
-            let (lock, cvar) = tickets;
-            let mut t = lock.lock().expect("ticket lock");
-            while t.issued == done && !t.shutdown {
-                t = cvar.wait(t).expect("ticket lock");
+        let (writes, target) = {
+            let (lock, cvar) = queue;
+            let mut queue = lock.lock().expect("write queue lock");
+            while queue.issued == done && !queue.shutdown {
+                queue = cvar.wait(queue).expect("write queue lock");
             }
-            if t.issued == done {
+            if queue.issued == done {
                 break;
             }
-            t.issued
+            (std::mem::take(&mut queue.writes), queue.issued)
         };
+        if !writes.is_empty() {
+            apply(writes);
+        }
         // Retry until the disk accepts the flush: acknowledging a write
         // that is not durable would break the store's promise.
         let mut backoff = Duration::from_millis(10);

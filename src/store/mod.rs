@@ -13,7 +13,9 @@ pub mod validate;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
@@ -103,7 +105,6 @@ pub struct DocumentStore {
 
 struct Inner {
     path: PathBuf,
-    db: sled::Db,
     docs: sled::Tree,
     meta: sled::Tree,
     cipher: Option<Cipher>,
@@ -111,16 +112,44 @@ struct Inner {
     max_document_bytes: usize,
     // A std Mutex: no `.await` happens while it (or a document lock) is held.
     cache: Mutex<DocCache>,
-    /// Last change-log sequence number handed out. Held while a write's batch
-    /// is applied, so log entries become visible in sequence order and a
-    /// reader that saw entry N never misses a lower one later.
-    log_head: Mutex<u64>,
+    /// Last change-log sequence number handed out; advanced only inside
+    /// [`GroupCommit::submit`], so the log is numbered in write order.
+    log_assigned: AtomicU64,
+    /// Last change-log sequence number applied to sled. Groups are applied
+    /// in order, so a reader that saw entry N never misses a lower one later.
+    log_head: Arc<AtomicU64>,
     epoch: String,
     feed: broadcast::Sender<DocumentChange>,
-    commit: GroupCommit,
+    commit: GroupCommit<PendingWrite>,
 }
 
-type SharedDoc = Arc<Mutex<Automerge>>;
+/// A loaded document and its record. The record here is authoritative: it
+/// includes writes still queued for the writer thread.
+struct CachedDoc {
+    doc: Automerge,
+    record: DocRecord,
+}
+
+type SharedDoc = Arc<Mutex<CachedDoc>>;
+
+/// A document write, prepared under its document lock, before it gets its
+/// change-log position.
+struct Prepared {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    record: DocRecord,
+    json: Option<Arc<str>>,
+}
+
+/// One document write waiting for the writer thread.
+struct PendingWrite {
+    /// sled key → new value (`None` removes the key), applied in order.
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Published on the change feed once applied.
+    change: DocumentChange,
+    /// Keeps the document cached until the write is in sled: a reload from
+    /// disk before that would miss it.
+    _pin: SharedDoc,
+}
 
 #[derive(Default)]
 struct DocCache {
@@ -155,18 +184,23 @@ impl DocumentStore {
         };
         db.flush()?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let applied_head = Arc::new(AtomicU64::new(log_head));
+        let commit = GroupCommit::start(db.clone(), {
+            let (docs, feed, applied_head) = (docs.clone(), feed.clone(), Arc::clone(&applied_head));
+            move |writes| apply_group(&docs, &feed, &applied_head, writes)
+        });
         Ok(Self {
             inner: Arc::new(Inner {
-                commit: GroupCommit::start(db.clone()),
+                commit,
                 path,
-                db,
                 docs,
                 meta,
                 cipher,
                 actor: ActorId::random(),
                 max_document_bytes: options.max_document_bytes,
                 cache: Mutex::default(),
-                log_head: Mutex::new(log_head),
+                log_assigned: AtomicU64::new(log_head),
+                log_head: applied_head,
                 epoch,
                 feed,
             }),
@@ -308,7 +342,7 @@ impl DocumentStore {
 
     /// The highest change-log sequence number written so far.
     pub fn log_head(&self) -> u64 {
-        *self.inner.log_head.lock().expect("log lock")
+        self.inner.log_head.load(Ordering::Acquire)
     }
 
     /// Up to `limit` change-log entries after `after`, in sequence order.
@@ -338,8 +372,8 @@ impl DocumentStore {
     ) -> Result<Option<sync::Message>, StoreError> {
         // A document we never had is its genesis, like everywhere else.
         let doc = self.load_or_create(key)?;
-        let doc = doc.lock().expect("document lock");
-        Ok(doc.generate_sync_message(state))
+        let cached = doc.lock().expect("document lock");
+        Ok(cached.doc.generate_sync_message(state))
     }
 
     /// Like [`Self::generate_sync_message`], but first lets `prime` adjust
@@ -351,9 +385,9 @@ impl DocumentStore {
         prime: impl FnOnce(&Automerge, &mut sync::State),
     ) -> Result<Option<sync::Message>, StoreError> {
         let doc = self.load_or_create(key)?;
-        let doc = doc.lock().expect("document lock");
-        prime(&doc, state);
-        Ok(doc.generate_sync_message(state))
+        let cached = doc.lock().expect("document lock");
+        prime(&cached.doc, state);
+        Ok(cached.doc.generate_sync_message(state))
     }
 
     /// Applies a peer's sync message, persisting and publishing any new
@@ -423,7 +457,9 @@ impl DocumentStore {
     }
 
     /// Loads or creates the document, runs `edit` under its lock, and when the
-    /// heads moved, persists the new changes atomically and publishes them.
+    /// heads moved, queues the new changes for the writer thread, which
+    /// persists them atomically and then publishes them. Not yet durable:
+    /// callers wait for [`GroupCommit::durable`] before acknowledging.
     fn apply(
         &self,
         key: &DocKey,
@@ -431,47 +467,51 @@ impl DocumentStore {
         edit: impl FnOnce(&mut Automerge) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
         let shared = self.load_or_create(key)?;
-        let mut doc = shared.lock().expect("document lock");
-        let record = self.record(key)?.unwrap_or_default();
-        let before = doc.get_heads();
-        if !edit(&mut doc)? {
+        let mut cached = shared.lock().expect("document lock");
+        let before = cached.doc.get_heads();
+        if !edit(&mut cached.doc)? {
             return Ok(false);
         }
-        let result = self.persist(key, &doc, record, &before);
-        if result.is_err() {
-            // The in-memory document is ahead of disk; drop it so the next
-            // access reloads the acknowledged state.
-            drop(doc);
-            self.inner.cache.lock().expect("cache lock").docs.remove(key);
-        }
-        let change = result?;
-        let _ = self.inner.feed.send(DocumentChange { origin, ..change });
+        let prepared = match self.prepare(key, &cached, &before) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                // The in-memory document is ahead of disk; drop it so the next
+                // access reloads the acknowledged state.
+                drop(cached);
+                self.inner.cache.lock().expect("cache lock").docs.remove(key);
+                return Err(err);
+            }
+        };
+        self.inner.commit.submit(|| {
+            let log_seq = self.inner.log_assigned.fetch_add(1, Ordering::Relaxed) + 1;
+            let (write, record) = self.finish(key, prepared, log_seq, origin, Arc::clone(&shared));
+            cached.record = record;
+            write
+        });
         Ok(true)
     }
 
-    fn persist(
-        &self,
-        key: &DocKey,
-        doc: &Automerge,
-        mut record: DocRecord,
-        before: &[ChangeHash],
-    ) -> Result<DocumentChange, StoreError> {
-        let mut batch = sled::Batch::default();
+    /// The chunk and record changes that persist `cached.doc`'s changes since
+    /// `before`, with the updated record and the JSON to publish.
+    fn prepare(&self, key: &DocKey, cached: &CachedDoc, before: &[ChangeHash]) -> Result<Prepared, StoreError> {
+        let (doc, mut record) = (&cached.doc, cached.record.clone());
+        let mut ops = Vec::with_capacity(4);
         let compact = record.chunk_count == 0 || record.incremental_bytes > record.snapshot_bytes.max(4096);
         if compact {
-            for entry in self.inner.docs.scan_prefix(key.chunk_prefix()).keys() {
-                batch.remove(entry?);
+            // Chunks are numbered contiguously up to `next_seq`.
+            for seq in record.next_seq - u64::from(record.chunk_count)..record.next_seq {
+                ops.push((key.chunk_key(seq), None));
             }
             let snapshot = doc.save();
             record.snapshot_bytes = snapshot.len() as u64;
             record.incremental_bytes = 0;
             record.chunk_count = 1;
-            batch.insert(key.chunk_key(record.next_seq), self.seal_value(&snapshot));
+            ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&snapshot))));
         } else {
             let increment = doc.save_after(before);
             record.incremental_bytes += increment.len() as u64;
             record.chunk_count += 1;
-            batch.insert(key.chunk_key(record.next_seq), self.seal_value(&increment));
+            ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&increment))));
         }
         record.next_seq += 1;
         record.heads = doc.get_heads();
@@ -485,24 +525,29 @@ impl DocumentStore {
             };
             serde_json::to_string(&content).expect("JSON maps serialise")
         };
-        let mut log_head = self.inner.log_head.lock().expect("log lock");
-        let log_seq = *log_head + 1;
+        let json = (!record.deleted).then(|| Arc::from(record.json.as_str()));
+        Ok(Prepared { ops, record, json })
+    }
+
+    /// Completes a prepared write with its change-log position: moves the
+    /// document's log entry to `log_seq` and stores the record.
+    fn finish(
+        &self,
+        key: &DocKey,
+        prepared: Prepared,
+        log_seq: u64,
+        origin: Origin,
+        pin: SharedDoc,
+    ) -> (PendingWrite, DocRecord) {
+        let Prepared { mut ops, mut record, json } = prepared;
         if record.log_seq != 0 {
-            batch.remove(&record::log_key(record.log_seq));
+            ops.push((record::log_key(record.log_seq).to_vec(), None));
         }
-        batch.insert(&record::log_key(log_seq), key.to_bytes());
+        ops.push((record::log_key(log_seq).to_vec(), Some(key.to_bytes())));
         record.log_seq = log_seq;
-        batch.insert(key.record_key(), self.seal_value(&record.encode()));
-        self.inner.docs.apply_batch(batch)?;
-        *log_head = log_seq;
-        drop(log_head);
-        Ok(DocumentChange {
-            key: key.clone(),
-            json: (!record.deleted).then(|| Arc::from(record.json.as_str())),
-            heads: record.heads,
-            log_seq,
-            origin: Origin::Local,
-        })
+        ops.push((key.record_key(), Some(self.seal_value(&record.encode()))));
+        let change = DocumentChange { key: key.clone(), json, heads: record.heads.clone(), log_seq, origin };
+        (PendingWrite { ops, change, _pin: pin }, record)
     }
 
     fn record(&self, key: &DocKey) -> Result<Option<DocRecord>, StoreError> {
@@ -517,17 +562,28 @@ impl DocumentStore {
         DocRecord::decode(&plain).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
     }
 
+    /// The cached document, else the stored one, else a new genesis document.
     fn load_or_create(&self, key: &DocKey) -> Result<SharedDoc, StoreError> {
-        if self.record(key)?.is_some() {
-            return self.load(key);
-        }
-        Ok(self.cache_insert(key, genesis))
-    }
-
-    fn load(&self, key: &DocKey) -> Result<SharedDoc, StoreError> {
-        if let Some(doc) = self.inner.cache.lock().expect("cache lock").docs.get(key) {
+        // Loading under the cache lock: a document with queued writes is
+        // always cached (they pin it), so a miss here means sled is current.
+        let mut cache = self.inner.cache.lock().expect("cache lock");
+        if let Some(doc) = cache.docs.get(key) {
             return Ok(Arc::clone(doc));
         }
+        let cached = match self.record(key)? {
+            Some(record) => CachedDoc { doc: self.read_chunks(key)?, record },
+            None => CachedDoc { doc: genesis(), record: DocRecord::default() },
+        };
+        if cache.docs.len() >= CACHE_DOCS {
+            // Evict documents nobody holds; the disk copy is authoritative.
+            cache.docs.retain(|_, d| Arc::strong_count(d) > 1);
+        }
+        let shared = Arc::new(Mutex::new(cached));
+        cache.docs.insert(key.clone(), Arc::clone(&shared));
+        Ok(shared)
+    }
+
+    fn read_chunks(&self, key: &DocKey) -> Result<Automerge, StoreError> {
         let mut doc = Automerge::new();
         for entry in self.inner.docs.scan_prefix(key.chunk_prefix()).values() {
             let chunk = self.open_value(&key.to_string(), &entry?)?;
@@ -536,18 +592,7 @@ impl DocumentStore {
                 reason: format!("unreadable change log: {e}"),
             })?;
         }
-        Ok(self.cache_insert(key, || doc))
-    }
-
-    /// The cached document for `key`, inserting `make()` if there is none.
-    fn cache_insert(&self, key: &DocKey, make: impl FnOnce() -> Automerge) -> SharedDoc {
-        let mut cache = self.inner.cache.lock().expect("cache lock");
-        if cache.docs.len() >= CACHE_DOCS && !cache.docs.contains_key(key) {
-            // Evict documents nobody holds; the disk copy is authoritative.
-            cache.docs.retain(|_, d| Arc::strong_count(d) > 1);
-        }
-        let shared = cache.docs.entry(key.clone()).or_insert_with(|| Arc::new(Mutex::new(make())));
-        Arc::clone(shared)
+        Ok(doc)
     }
 
     fn seal_value(&self, plain: &[u8]) -> Vec<u8> {
@@ -565,11 +610,37 @@ impl DocumentStore {
             None => Ok(stored.to_vec()),
         }
     }
+}
 
-    /// Flushes the store synchronously (used by tests and shutdown paths outside a runtime).
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+/// Applies a group of queued writes as one atomic sled batch (retrying until
+/// sled accepts it: the writes are already visible in memory), advances the
+/// applied log head and publishes the changes in log order.
+fn apply_group(
+    docs: &sled::Tree,
+    feed: &broadcast::Sender<DocumentChange>,
+    log_head: &AtomicU64,
+    writes: Vec<PendingWrite>,
+) {
+    let mut batch = sled::Batch::default();
+    for write in &writes {
+        for (key, value) in &write.ops {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+    }
+    let mut backoff = Duration::from_millis(10);
+    while let Err(err) = docs.apply_batch(batch.clone()) {
+        tracing::error!(error = %err, "writing to the document store failed; retrying");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+    if let Some(last) = writes.last() {
+        log_head.store(last.change.log_seq, Ordering::Release);
+    }
+    for write in writes {
+        let _ = feed.send(write.change);
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Spec {
     /// Runs the node inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
     pub log_level: String,
+    /// Further config-file settings, written as given.
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 impl Spec {
@@ -55,7 +57,14 @@ impl Spec {
             auto_sync: true,
             netns: None,
             log_level: "info".to_owned(),
+            extra: BTreeMap::new(),
         }
+    }
+
+    /// Sets any other config-file key.
+    pub fn setting(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
     }
 
     pub fn peer(mut self, node: &Node) -> Self {
@@ -116,6 +125,9 @@ impl Node {
             config["mesh_tls_cert"] = tls.cert.display().to_string().into();
             config["mesh_tls_key"] = tls.key.display().to_string().into();
             config["mesh_tls_ca"] = tls.ca.display().to_string().into();
+        }
+        for (key, value) in &self.spec.extra {
+            config[key] = value.clone();
         }
         // YAML is a superset of JSON.
         let path = self.dir.join("config.yaml");
