@@ -1,6 +1,7 @@
 //! Mesh behaviour between real `peat-sidecar` processes on loopback: sync,
 //! chains, merges, deletes, the change feed, formation authentication, TLS,
-//! restarts, pause/resume, peer management, sync statistics and hostile frames.
+//! restarts, pause/resume, peer management, sync statistics, hostile frames,
+//! and first contact (or a wiped store) reconciled by digest.
 
 #[path = "support/mesh_cluster.rs"]
 mod mesh_cluster;
