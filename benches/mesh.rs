@@ -1,7 +1,9 @@
 //! Mesh benchmark between two real `peat-sidecar` processes on loopback.
 //! Prints put→visible-on-peer latency (p50/p99), sustained replication
 //! throughput for a bulk load, and catch-up after a partition: wall time and
-//! bytes moved relative to the bytes of the changed documents.
+//! bytes moved relative to the bytes of the changed documents, and first
+//! contact by digest: an empty node meeting a full one, then two nodes that
+//! differ in a few documents meeting for the first time.
 //!
 //! Run: `cargo bench --bench mesh` (release build). Sizes can be scaled with
 //! MESH_BENCH_PUTS, MESH_BENCH_BULK, MESH_BENCH_STORED and MESH_BENCH_CHANGED.
@@ -48,6 +50,30 @@ async fn run() {
     latency(&a, &b, puts).await;
     throughput(&a, &b, "bulk", bulk, 64).await;
     catch_up(&a, &b, stored, changed).await;
+    first_contact(&a, &b, stored, changed).await;
+}
+
+async fn connect(from: &Node, to: &Node) {
+    from.api()
+        .connect_peer(ConnectPeerRequest {
+            endpoint_id: to.spec.node_id.clone(),
+            addresses: vec![to.mesh_addr.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits until `node` has published a change for every id in `ids`; returns when.
+async fn await_ids(watch: &mut Watcher, ids: impl IntoIterator<Item = String>) -> Instant {
+    let mut pending: HashSet<String> = ids.into_iter().collect();
+    let mut last = Instant::now();
+    while !pending.is_empty() {
+        let (at, change) = watch.next_matching(Duration::from_secs(120), |_| true).await;
+        pending.remove(&change.doc_id);
+        last = at;
+    }
+    last
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -187,6 +213,63 @@ async fn catch_up(a: &Node, b: &Node, stored: usize, changed: usize) {
     println!(
         "catch-up: {changed} of {stored} documents changed during the partition; all on B {} after resume; \
          bytes moved {moved} (A→B {a_sent}, B→A {b_sent}) for {changed_bytes} bytes of changed documents: ratio {:.2}",
+        ms(wall),
+        moved as f64 / changed_bytes as f64
+    );
+}
+
+async fn first_contact(a: &Node, b: &Node, stored: usize, changed: usize) {
+    // An empty node meets A: the digest finds it holds nothing, and every
+    // document streams to it.
+    let c = Node::start(Spec::new("bench-c")).await;
+    let mut watch = Watcher::start(&c, &["stored"]).await;
+    let started = Instant::now();
+    connect(&c, a).await;
+    let done = await_ids(&mut watch, (0..stored).map(|i| format!("d{i:06}"))).await;
+    let elapsed = done - started;
+    println!(
+        "first contact, empty node: all {stored} documents on C {:.2} s after connecting: {:.0} docs/s",
+        elapsed.as_secs_f64(),
+        stored as f64 / elapsed.as_secs_f64()
+    );
+    drop(watch);
+    settle(a, &c, Duration::from_secs(2)).await;
+
+    // C leaves; A changes documents, which reach B; then C meets B for the
+    // first time: neither has a cursor for the other.
+    c.api()
+        .disconnect_peer(DisconnectPeerRequest { endpoint_id: "bench-a".into(), ..Default::default() })
+        .await
+        .unwrap();
+    wait_until("C left A", Duration::from_secs(15), || async { !a.connected_to("bench-c").await }).await;
+    let mut on_b = Watcher::start(b, &["stored"]).await;
+    let step = (stored / changed).max(1);
+    let mut changed_bytes = 0usize;
+    let mut ids = Vec::new();
+    for k in 0..changed {
+        let i = k * step + step / 2;
+        let json = format!(r#"{{"n":{i},"kind":"bulk","payload":"{:0>64}","again":true}}"#, i);
+        changed_bytes += json.len();
+        let id = format!("d{i:06}");
+        a.put("stored", &id, &json).await;
+        ids.push(id);
+    }
+    await_ids(&mut on_b, ids.clone()).await;
+    drop(on_b);
+    let before = settle(b, &c, Duration::from_millis(500)).await;
+
+    let mut watch = Watcher::start(&c, &["stored"]).await;
+    let started = Instant::now();
+    connect(&c, b).await;
+    let wall = await_ids(&mut watch, ids).await - started;
+    let after = settle(b, &c, Duration::from_secs(1)).await;
+    // C's only session is the new one with B.
+    let c_sent = after.1.bytes_sent - before.1.bytes_sent;
+    let c_received = after.1.bytes_received - before.1.bytes_received;
+    let moved = c_sent + c_received;
+    println!(
+        "first contact by digest: {changed} of {stored} documents differ; all on C {} after connecting; \
+         bytes moved {moved} (B→C {c_received}, C→B {c_sent}) for {changed_bytes} bytes of changed documents: ratio {:.2}",
         ms(wall),
         moved as f64 / changed_bytes as f64
     );

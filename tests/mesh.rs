@@ -1,6 +1,7 @@
 //! Mesh behaviour between real `peat-sidecar` processes on loopback: sync,
 //! chains, merges, deletes, the change feed, formation authentication, TLS,
-//! restarts, pause/resume, peer management, sync statistics and hostile frames.
+//! restarts, pause/resume, peer management, sync statistics, hostile frames,
+//! and first contact (or a wiped store) reconciled by digest.
 
 #[path = "support/mesh_cluster.rs"]
 mod mesh_cluster;
@@ -388,7 +389,7 @@ mod hostile {
         let mut raw = open(addr).await;
         let nonce = vec![7u8; 32];
         let hello = proto::Hello {
-            protocol_version: 1,
+            protocol_version: peat_sidecar::mesh::session::PROTOCOL_VERSION,
             node_id: "node-x".into(),
             app_id: APP.into(),
             nonce: nonce.clone(),
@@ -487,6 +488,37 @@ mod hostile {
         assert!(b.log().matches("mesh session refused").count() >= 4, "{}", b.log());
         assert_eq!(b.status().await.node_id, "node-b");
     }
+
+    #[tokio::test]
+    async fn malformed_digest_frames_close_the_session() {
+        let (a, b) = pair().await;
+        a.put("safe", "doc", r#"{"keep":"me"}"#).await;
+        b.wait_doc("safe", "doc", Some(r#"{"keep":"me"}"#), T).await;
+
+        // Without a cursor the node expects digest round 0; any other round is refused.
+        let mut raw = authenticated(&b.mesh_addr).await;
+        let wrong_round = proto::Digest { round: 7, last: true, ..Default::default() };
+        raw.tx.send(Frame { kind: Some(Kind::Digest(wrong_round)) }).await.unwrap();
+        let reason = drain(&mut raw).await;
+        assert!(reason.as_deref().is_some_and(|r| r.contains("digest round")), "{reason:?}");
+
+        // Counts without their sums.
+        let mut raw = authenticated(&b.mesh_addr).await;
+        let unpaired = proto::Digest { round: 0, counts: vec![1, 2], sums: vec![3], last: true, ..Default::default() };
+        raw.tx.send(Frame { kind: Some(Kind::Digest(unpaired)) }).await.unwrap();
+        let reason = drain(&mut raw).await;
+        assert!(reason.as_deref().is_some_and(|r| r.contains("unpaired")), "{reason:?}");
+
+        // A round 0 that summarises fewer buckets than agreed.
+        let mut raw = authenticated(&b.mesh_addr).await;
+        let short = proto::Digest { round: 0, counts: vec![0; 3], sums: vec![0; 3], last: true, ..Default::default() };
+        raw.tx.send(Frame { kind: Some(Kind::Digest(short)) }).await.unwrap();
+        let reason = drain(&mut raw).await;
+        assert!(reason.as_deref().is_some_and(|r| r.contains("shorter than agreed")), "{reason:?}");
+
+        assert_log(&b, "digest round").await;
+        assert_unharmed(&a, &b, "after-digest").await;
+    }
 }
 
 #[tokio::test]
@@ -525,4 +557,141 @@ async fn nodes_dialing_each_other_keep_one_session() {
     b.put("one", "y", r#"{"y":1}"#).await;
     a.wait_doc("one", "y", Some(r#"{"y":1}"#), T).await;
     assert_eq!((a.stats().await.connected_peers, b.stats().await.connected_peers), (1, 1));
+}
+
+/// Waits until the byte counters of `nodes` stop moving; returns bytes sent
+/// plus received by each.
+async fn settled_bytes(nodes: &[&Node]) -> Vec<u64> {
+    let read = || async {
+        let mut out = Vec::new();
+        for node in nodes {
+            let stats = node.stats().await;
+            out.push(stats.bytes_sent + stats.bytes_received);
+        }
+        out
+    };
+    let mut last = read().await;
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(800) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = read().await;
+        if now != last {
+            since = Instant::now();
+            last = now;
+        }
+    }
+    last
+}
+
+async fn connect(from: &Node, to: &Node) {
+    from.api()
+        .connect_peer(ConnectPeerRequest {
+            endpoint_id: to.spec.node_id.clone(),
+            addresses: vec![to.mesh_addr.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_until("connected", T, || async {
+        from.connected_to(&to.spec.node_id).await && to.connected_to(&from.spec.node_id).await
+    })
+    .await;
+}
+
+fn base_json(i: usize) -> String {
+    format!(r#"{{"n":{i},"text":"document number {i} of the shared base set","tags":["a","b","c"]}}"#)
+}
+
+/// A hub A with spokes B and C; `count` documents written on A and present everywhere.
+async fn hub_with_two_spokes(count: usize) -> (Node, Node, Node) {
+    let a = Node::start(Spec::new("node-a")).await;
+    let b = Node::start(Spec::new("node-b").peer(&a)).await;
+    let c = Node::start(Spec::new("node-c").peer(&a)).await;
+    wait_until("spokes connected", T, || async { a.connected_to("node-b").await && a.connected_to("node-c").await })
+        .await;
+    for i in 0..count {
+        a.put("base", &format!("d{i:03}"), &base_json(i)).await;
+    }
+    b.wait_count("base", count, T).await;
+    c.wait_count("base", count, T).await;
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn first_contact_between_identical_nodes_moves_only_the_digest() {
+    let (a, b, c) = hub_with_two_spokes(400).await;
+    // B has had exactly one session (with A): its counters are the cost of
+    // syncing these documents in full.
+    let full = settled_bytes(&[&b]).await[0];
+
+    connect(&b, &c).await;
+    // Give the new link time to finish whatever it would send.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = settled_bytes(&[&b]).await[0];
+    let link = after - full;
+    println!("full sync of 400 documents: {full} bytes; first contact of identical nodes: {link} bytes");
+    assert!(link * 10 < full, "first contact moved {link} bytes, a full sync costs {full}");
+    assert!(link < 8_000, "first contact moved {link} bytes");
+
+    let docs = wait_identical(&[&a, &b, &c], "base", T).await;
+    assert_eq!(docs.len(), 400);
+    assert_eq!(
+        docs["d007"],
+        serde_json::to_string(&serde_json::from_str::<serde_json::Value>(&base_json(7)).unwrap()).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn first_contact_between_different_stores_converges_everywhere() {
+    let (a, b, c) = hub_with_two_spokes(200).await;
+    a.api().stop_sync(StopSyncRequest::default()).await.unwrap();
+    wait_until("hub paused", T, || async { !b.connected_to("node-a").await && !c.connected_to("node-a").await }).await;
+
+    // B and C diverge while apart: updates, deletes, new documents, and a
+    // document edited on both sides.
+    for i in 0..10 {
+        b.put("base", &format!("d{i:03}"), &format!(r#"{{"n":{i},"edited":"on b"}}"#)).await;
+        c.put("base", &format!("d{:03}", 100 + i), &format!(r#"{{"n":{},"edited":"on c"}}"#, 100 + i)).await;
+        b.put("base", &format!("only-b-{i}"), r#"{"from":"b"}"#).await;
+        c.put("base", &format!("only-c-{i}"), r#"{"from":"c"}"#).await;
+    }
+    b.delete("base", "d150").await;
+    b.put("base", "d050", r#"{"n":50,"b":true}"#).await;
+    c.put("base", "d050", r#"{"n":50,"c":true}"#).await;
+
+    // First session between B and C: neither has a cursor for the other.
+    connect(&b, &c).await;
+    let docs = wait_identical(&[&b, &c], "base", T).await;
+    assert_eq!(docs.len(), 200 - 1 + 20);
+    assert_eq!(docs["d003"], r#"{"edited":"on b","n":3}"#);
+    assert_eq!(docs["d103"], r#"{"edited":"on c","n":103}"#);
+    assert_eq!(docs["only-b-9"], r#"{"from":"b"}"#);
+    assert_eq!(docs["only-c-0"], r#"{"from":"c"}"#);
+    assert_eq!(docs["d050"], r#"{"b":true,"c":true,"n":50}"#);
+    assert!(!docs.contains_key("d150"));
+
+    // The hub catches up on everything, and an empty newcomer gets it all.
+    a.api().start_sync(StartSyncRequest::default()).await.unwrap();
+    let d = Node::start(Spec::new("node-d").peer(&c)).await;
+    let everywhere = wait_identical(&[&a, &b, &c, &d], "base", T).await;
+    assert_eq!(everywhere, docs);
+}
+
+#[tokio::test]
+async fn a_wiped_node_gets_everything_back_by_digest() {
+    let (a, mut b) = pair().await;
+    for i in 0..50 {
+        a.put("wipe", &format!("w{i}"), &format!(r#"{{"i":{i}}}"#)).await;
+    }
+    b.wait_count("wipe", 50, T).await;
+
+    // B loses its store: a new epoch voids A's cursor for it, and B has none for A.
+    b.stop(true).await;
+    std::fs::remove_dir_all(b.dir.join("data")).unwrap();
+    b.relaunch().await;
+    b.put("wipe", "after-wipe", r#"{"new":"on b"}"#).await;
+    let docs = wait_identical(&[&a, &b], "wipe", T).await;
+    assert_eq!(docs.len(), 51);
+    assert_eq!(docs["w7"], r#"{"i":7}"#);
+    assert_eq!(docs["after-wipe"], r#"{"new":"on b"}"#);
 }

@@ -6,6 +6,7 @@
 //! behind `GetSyncStats`. A session itself lives in [`session`].
 
 pub mod auth;
+mod digest;
 pub mod options;
 pub mod peer;
 pub mod session;

@@ -321,6 +321,20 @@ impl DocumentStore {
         })
     }
 
+    /// Every document (tombstones included) with its heads and change-log
+    /// position, in key order; as cheap as [`Self::all_heads`]. The mesh
+    /// builds its catch-up digest from this.
+    pub fn all_heads_with_log_seq(
+        &self,
+    ) -> impl Iterator<Item = Result<(DocKey, Vec<ChangeHash>, u64), StoreError>> + '_ {
+        self.inner.docs.scan_prefix(record::record_prefix()).map(move |entry| {
+            let (key, value) = entry?;
+            let key = DocKey::from_record_key(&key).ok_or_else(|| corrupt_key(&key))?;
+            let record = self.decode_record(&key, &value)?;
+            Ok((key, record.heads, record.log_seq))
+        })
+    }
+
     /// The random id of this store instance (see [`EPOCH_KEY`]).
     pub fn epoch(&self) -> &str {
         &self.inner.epoch
@@ -359,6 +373,20 @@ impl DocumentStore {
         // A document we never had is its genesis, like everywhere else.
         let doc = self.load_or_create(key)?;
         let cached = doc.lock().expect("document lock");
+        Ok(cached.doc.generate_sync_message(state))
+    }
+
+    /// Like [`Self::generate_sync_message`], but first lets `prime` adjust
+    /// `state` with what the peer is believed to hold, given the document.
+    pub fn generate_sync_message_primed(
+        &self,
+        key: &DocKey,
+        state: &mut sync::State,
+        prime: impl FnOnce(&Automerge, &mut sync::State),
+    ) -> Result<Option<sync::Message>, StoreError> {
+        let doc = self.load_or_create(key)?;
+        let cached = doc.lock().expect("document lock");
+        prime(&cached.doc, state);
         Ok(cached.doc.generate_sync_message(state))
     }
 
