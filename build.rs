@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const HEALTH_PROTO: &str = "proto/grpc/health/v1/health.proto";
+const MESH_PROTO: &str = "proto/peat/mesh/v1/mesh.proto";
 
 fn main() {
     connectrpc_build::Config::new()
@@ -25,7 +26,10 @@ fn main() {
         .expect("running protoc for the health descriptor (is protoc installed?)");
     assert!(status.success(), "protoc failed on {HEALTH_PROTO}");
     println!("cargo:rerun-if-changed={HEALTH_PROTO}");
+    // Once a build script prints any rerun-if-changed line, cargo watches
+    // only the files named, so the mesh protocol is named explicitly.
+    println!("cargo:rerun-if-changed={MESH_PROTO}");
     tonic_prost_build::configure()
-        .compile_protos(&["proto/peat/mesh/v1/mesh.proto"], &["proto/"])
+        .compile_protos(&[MESH_PROTO], &["proto/"])
         .expect("compiling proto/peat/mesh/v1/mesh.proto (is protoc installed?)");
 }
