@@ -6,11 +6,12 @@ use clap::{CommandFactory, Parser};
 use peat_sidecar::cli::{Cli, Command, ConfigCommand, GenerateCommand};
 use peat_sidecar::config::Settings;
 
-// musl's allocator serialises multithreaded allocation; mimalloc keeps the
-// static binary as fast as a glibc build.
+#[cfg(feature = "mimalloc")]
+mod alloc;
+
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
