@@ -37,31 +37,13 @@ async fn run() {
     let b = Node::start(Spec::new("bench-b")).await;
     let a = Node::start(Spec::new("bench-a").peer(&b)).await;
     // B dials A as well, so it reconnects at once when its sync resumes.
-    b.api()
-        .connect_peer(ConnectPeerRequest {
-            endpoint_id: "bench-a".into(),
-            addresses: vec![a.mesh_addr.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    b.dial(&a).await;
     wait_until("connected", Duration::from_secs(15), || async { a.connected_to("bench-b").await }).await;
 
     latency(&a, &b, puts).await;
     throughput(&a, &b, "bulk", bulk, 64).await;
     catch_up(&a, &b, stored, changed).await;
     first_contact(&a, &b, stored, changed).await;
-}
-
-async fn connect(from: &Node, to: &Node) {
-    from.api()
-        .connect_peer(ConnectPeerRequest {
-            endpoint_id: to.spec.node_id.clone(),
-            addresses: vec![to.mesh_addr.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
 }
 
 /// Waits until `node` has published a change for every id in `ids`; returns when.
@@ -224,7 +206,7 @@ async fn first_contact(a: &Node, b: &Node, stored: usize, changed: usize) {
     let c = Node::start(Spec::new("bench-c")).await;
     let mut watch = Watcher::start(&c, &["stored"]).await;
     let started = Instant::now();
-    connect(&c, a).await;
+    c.dial(a).await;
     let done = await_ids(&mut watch, (0..stored).map(|i| format!("d{i:06}"))).await;
     let elapsed = done - started;
     println!(
@@ -260,7 +242,7 @@ async fn first_contact(a: &Node, b: &Node, stored: usize, changed: usize) {
 
     let mut watch = Watcher::start(&c, &["stored"]).await;
     let started = Instant::now();
-    connect(&c, b).await;
+    c.dial(b).await;
     let wall = await_ids(&mut watch, ids).await - started;
     let after = settle(b, &c, Duration::from_secs(1)).await;
     // C's only session is the new one with B.

@@ -12,6 +12,7 @@ pub mod listen;
 pub mod logging;
 pub mod mesh;
 pub mod node;
+pub mod pem;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -285,14 +285,7 @@ async fn connect_and_disconnect_peer_persist_across_restarts() {
         .unwrap_err();
     assert_eq!(err.code, connectrpc::ErrorCode::InvalidArgument, "{err:?}");
 
-    a.api()
-        .connect_peer(ConnectPeerRequest {
-            endpoint_id: "node-b".into(),
-            addresses: vec![b.mesh_addr.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    a.dial(&b).await;
     wait_until("connected", T, || async { a.connected_to("node-b").await }).await;
     let listed = a.peers().await;
     assert_eq!(listed.len(), 1);
@@ -537,14 +530,7 @@ async fn status_reports_mesh_endpoint_and_ready_phase() {
 #[tokio::test]
 async fn nodes_dialing_each_other_keep_one_session() {
     let (a, b) = pair().await;
-    b.api()
-        .connect_peer(ConnectPeerRequest {
-            endpoint_id: "node-a".into(),
-            addresses: vec![a.mesh_addr.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    b.dial(&a).await;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         for node in [&a, &b] {
@@ -584,14 +570,7 @@ async fn settled_bytes(nodes: &[&Node]) -> Vec<u64> {
 }
 
 async fn connect(from: &Node, to: &Node) {
-    from.api()
-        .connect_peer(ConnectPeerRequest {
-            endpoint_id: to.spec.node_id.clone(),
-            addresses: vec![to.mesh_addr.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    from.dial(to).await;
     wait_until("connected", T, || async {
         from.connected_to(&to.spec.node_id).await && to.connected_to(&from.spec.node_id).await
     })

@@ -11,10 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::StreamExt;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -30,6 +28,7 @@ use super::proto::Frame;
 use super::proto::mesh_client::MeshClient;
 use super::proto::mesh_server::{Mesh as MeshRpc, MeshServer};
 use super::session::{self, SessionEnd};
+use crate::pem;
 
 /// Largest frame accepted; larger ones end the session.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -39,10 +38,6 @@ const OUTBOUND_FRAMES: usize = 64;
 /// How long a refused session stays open for the peer to read the reason.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
-fn read(path: &std::path::Path, setting: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("setting `{setting}`: reading {}", path.display()))
-}
-
 /// The listener's TLS side: its certificate, and the CA every dialer's
 /// client certificate must chain to (client certificates are required).
 pub struct ServerTls(TlsAcceptor);
@@ -51,15 +46,14 @@ impl ServerTls {
     pub fn load(files: &TlsFiles) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(&files.ca, "mesh_tls_ca")? {
+        for cert in pem::certificates(&files.ca, "mesh_tls_ca")? {
             roots.add(cert).with_context(|| format!("setting `mesh_tls_ca`: {}", files.ca.display()))?;
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .with_context(|| format!("setting `mesh_tls_ca`: {} is not a usable CA", files.ca.display()))?;
-        let chain = certificates(&files.cert, "mesh_tls_cert")?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&files.key, "mesh_tls_key")?)
-            .with_context(|| format!("setting `mesh_tls_key`: {} contains no PEM private key", files.key.display()))?;
+        let chain = pem::certificates(&files.cert, "mesh_tls_cert")?;
+        let key = pem::private_key(&files.key, "mesh_tls_key")?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
@@ -71,17 +65,6 @@ impl ServerTls {
     }
 }
 
-fn certificates(path: &std::path::Path, setting: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = read(path, setting)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("setting `{setting}`: {} is not valid PEM", path.display()))?;
-    if certs.is_empty() {
-        bail!("setting `{setting}`: {} contains no PEM certificate", path.display());
-    }
-    Ok(certs)
-}
-
 pub struct ClientTls {
     identity: Identity,
     ca: Certificate,
@@ -90,8 +73,11 @@ pub struct ClientTls {
 impl ClientTls {
     pub fn load(files: &TlsFiles) -> anyhow::Result<Self> {
         Ok(Self {
-            identity: Identity::from_pem(read(&files.cert, "mesh_tls_cert")?, read(&files.key, "mesh_tls_key")?),
-            ca: Certificate::from_pem(read(&files.ca, "mesh_tls_ca")?),
+            identity: Identity::from_pem(
+                pem::read(&files.cert, "mesh_tls_cert")?,
+                pem::read(&files.key, "mesh_tls_key")?,
+            ),
+            ca: Certificate::from_pem(pem::read(&files.ca, "mesh_tls_ca")?),
         })
     }
 

@@ -4,15 +4,13 @@
 //! `agent_tls_ca` replaces the system trust store when set; `agent_tls_cert`
 //! and `agent_tls_key` together enable mTLS. Files are read once, at startup.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Settings;
+use crate::pem;
 
 /// The client configuration and whether it presents a client certificate.
 pub fn client_config(settings: &Settings) -> anyhow::Result<(Arc<rustls::ClientConfig>, bool)> {
@@ -28,7 +26,7 @@ pub fn client_config(settings: &Settings) -> anyhow::Result<(Arc<rustls::ClientC
     let roots = match &settings.agent_tls_ca {
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for cert in read_certificates(path, "agent_tls_ca")? {
+            for cert in pem::certificates(path, "agent_tls_ca")? {
                 roots.add(cert).with_context(|| format!("setting `agent_tls_ca`: {}", path.display()))?;
             }
             roots
@@ -42,8 +40,8 @@ pub fn client_config(settings: &Settings) -> anyhow::Result<(Arc<rustls::ClientC
         .with_root_certificates(roots);
     let (mut config, mutual) = match (&settings.agent_tls_cert, &settings.agent_tls_key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certificates(cert, "agent_tls_cert")?;
-            let key = read_private_key(key)?;
+            let chain = pem::certificates(cert, "agent_tls_cert")?;
+            let key = pem::private_key(key, "agent_tls_key")?;
             let config = builder
                 .with_client_auth_cert(chain, key)
                 .context("settings `agent_tls_cert` and `agent_tls_key` do not form a usable client identity")?;
@@ -53,27 +51,6 @@ pub fn client_config(settings: &Settings) -> anyhow::Result<(Arc<rustls::ClientC
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok((Arc::new(config), mutual))
-}
-
-fn read_file(path: &Path, setting: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("setting `{setting}`: reading {}", path.display()))
-}
-
-fn read_certificates(path: &Path, setting: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = read_file(path, setting)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("setting `{setting}`: {} is not valid PEM", path.display()))?;
-    if certs.is_empty() {
-        bail!("setting `{setting}`: {} contains no PEM certificate", path.display());
-    }
-    Ok(certs)
-}
-
-fn read_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let pem = read_file(path, "agent_tls_key")?;
-    PrivateKeyDer::from_pem_slice(&pem)
-        .with_context(|| format!("setting `agent_tls_key`: {} contains no PEM private key", path.display()))
 }
 
 fn system_roots() -> anyhow::Result<RootCertStore> {

@@ -289,6 +289,18 @@ impl Node {
     }
 
     /// Whether this node has a live session with `node_id`.
+    /// Asks this node to dial `to` (ConnectPeer with its node id and mesh address).
+    pub async fn dial(&self, to: &Node) {
+        self.api()
+            .connect_peer(ConnectPeerRequest {
+                endpoint_id: to.spec.node_id.clone(),
+                addresses: vec![to.mesh_addr.clone()],
+                ..Default::default()
+            })
+            .await
+            .expect("ConnectPeer");
+    }
+
     pub async fn connected_to(&self, node_id: &str) -> bool {
         self.peers().await.iter().any(|p| p.endpoint_id == node_id && p.connected)
     }
