@@ -359,8 +359,17 @@ impl DocumentStore {
         Ok(entries)
     }
 
-    /// The document's heads, if it exists (tombstoned or not).
+    /// The document's heads, if it exists (tombstoned or not), including
+    /// changes still queued for the writer thread.
     pub fn heads(&self, key: &DocKey) -> Result<Option<Vec<ChangeHash>>, StoreError> {
+        let cached = self.inner.cache.lock().expect("cache lock").docs.get(key).map(Arc::clone);
+        if let Some(cached) = cached {
+            let cached = cached.lock().expect("document lock");
+            // A cached document without a record is a genesis no write has touched.
+            if cached.record.chunk_count > 0 {
+                return Ok(Some(cached.record.heads.clone()));
+            }
+        }
         Ok(self.record(key)?.map(|r| r.heads))
     }
 
