@@ -295,6 +295,15 @@ fn main() {
             let (first, last) = (window(0..window_len), window(total - window_len..total));
             rows.push(first.row(&format!("PutDocument, one doc of {total} updates: first {window_len}"), 1));
             rows.push(last.row(&format!("PutDocument, one doc of {total} updates: last {window_len}"), 1));
+            // The same with 16 writers: edits of one document serialise on
+            // its lock, but their durability waits share group commits.
+            let shared_doc = load(16, total, {
+                let client = client.clone();
+                let collection = format!("hot16-{tag}");
+                move |i| put_document(client.clone(), collection.clone(), "the-one".into(), document(i))
+            })
+            .await;
+            rows.push(shared_doc.row(&format!("PutDocument, one doc of {total} updates"), 16));
             floors.push(format!(
                 "{label}: PutDocument/GetStatus c=1 {:.2}, c=16 {:.2}; GetDocument/GetStatus c=1 {:.2}, c=16 {:.2}; \
                  one-doc updates last/first window {:.2}",
