@@ -14,7 +14,7 @@ pub mod validate;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use automerge::sync::{self, SyncDoc};
@@ -657,11 +657,15 @@ fn apply_group(
 /// has the same identity on every node and independently created copies of
 /// a document merge field by field instead of one replacing the other.
 fn genesis() -> Automerge {
-    let mut doc = Automerge::new().with_actor(ActorId::from(&[0u8; 16]));
-    let mut tx = doc.transaction();
-    tx.put_object(ROOT, DATA_KEY, ObjType::Map).expect("fresh document accepts the genesis map");
-    tx.commit_with(CommitOptions::default().with_time(0));
-    doc
+    // Built once: new documents are created under the cache lock.
+    static GENESIS: LazyLock<Automerge> = LazyLock::new(|| {
+        let mut doc = Automerge::new().with_actor(ActorId::from(&[0u8; 16]));
+        let mut tx = doc.transaction();
+        tx.put_object(ROOT, DATA_KEY, ObjType::Map).expect("fresh document accepts the genesis map");
+        tx.commit_with(CommitOptions::default().with_time(0));
+        doc
+    });
+    GENESIS.clone()
 }
 
 fn data_object<T: Transactable>(tx: &mut T) -> Result<automerge::ObjId, StoreError> {
