@@ -630,17 +630,20 @@ fn apply_group(
     log_head: &AtomicU64,
     writes: Vec<PendingWrite>,
 ) {
-    let mut batch = sled::Batch::default();
-    for write in &writes {
-        for (key, value) in &write.ops {
-            match value {
-                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-                None => batch.remove(key.as_slice()),
+    let batch = || {
+        let mut batch = sled::Batch::default();
+        for write in &writes {
+            for (key, value) in &write.ops {
+                match value {
+                    Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                    None => batch.remove(key.as_slice()),
+                }
             }
         }
-    }
+        batch
+    };
     let mut backoff = Duration::from_millis(10);
-    while let Err(err) = docs.apply_batch(batch.clone()) {
+    while let Err(err) = docs.apply_batch(batch()) {
         tracing::error!(error = %err, "writing to the document store failed; retrying");
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(1));
