@@ -313,17 +313,12 @@ impl DocumentStore {
     /// Every document (tombstones included) with its heads, in key order;
     /// cheap: reads records only, never loads Automerge documents.
     pub fn all_heads(&self) -> impl Iterator<Item = Result<(DocKey, Vec<ChangeHash>), StoreError>> + '_ {
-        self.inner.docs.scan_prefix(record::record_prefix()).map(move |entry| {
-            let (key, value) = entry?;
-            let key = DocKey::from_record_key(&key).ok_or_else(|| corrupt_key(&key))?;
-            let record = self.decode_record(&key, &value)?;
-            Ok((key, record.heads))
-        })
+        self.all_heads_with_log_seq().map(|entry| entry.map(|(key, heads, _)| (key, heads)))
     }
 
     /// Every document (tombstones included) with its heads and change-log
-    /// position, in key order; as cheap as [`Self::all_heads`]. The mesh
-    /// builds its catch-up digest from this.
+    /// position, in key order; reads records only. The mesh builds its
+    /// catch-up digest from this.
     pub fn all_heads_with_log_seq(
         &self,
     ) -> impl Iterator<Item = Result<(DocKey, Vec<ChangeHash>, u64), StoreError>> + '_ {
