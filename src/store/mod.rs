@@ -479,10 +479,9 @@ impl DocumentStore {
         let prepared = match self.prepare(key, &cached, &before) {
             Ok(prepared) => prepared,
             Err(err) => {
-                // The in-memory document is ahead of disk; drop it so the next
-                // access reloads the acknowledged state.
-                drop(cached);
-                self.inner.cache.lock().expect("cache lock").docs.remove(key);
+                // Undo the edit in memory rather than reloading from disk:
+                // queued writes of this document may not be in sled yet.
+                cached.doc = cached.doc.fork_at(&before)?;
                 return Err(err);
             }
         };
