@@ -66,6 +66,17 @@ async fn wait_state(health: &mut tokio::sync::watch::Receiver<WatcherHealth>, wa
     reached.unwrap_or_else(|_| panic!("state never became {want:?}; last health: {:?}", *health.borrow()))
 }
 
+/// Starts a watcher on `store` and waits until it reports the agent up.
+async fn watch_until_up(
+    config: WatcherConfig,
+    store: &DocumentStore,
+) -> (Watcher, tokio::sync::watch::Receiver<WatcherHealth>) {
+    let watcher = Watcher::start(config, store.clone());
+    let mut health = watcher.health();
+    wait_state(&mut health, &AgentState::Up).await;
+    (watcher, health)
+}
+
 fn sample_agent() -> AgentData {
     AgentData {
         status: status("0.9.0"),
@@ -157,9 +168,7 @@ async fn unchanged_agent_data_makes_no_new_changes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let agent = AgentDouble::start_h2c(sample_agent()).await;
-    let watcher = Watcher::start(config(&settings(&agent.url())), store.clone());
-    let mut health = watcher.health();
-    wait_state(&mut health, &AgentState::Up).await;
+    let (watcher, mut health) = watch_until_up(config(&settings(&agent.url())), &store).await;
     more_polls(&mut health, 1).await;
 
     let before = all_heads(&store);
@@ -185,9 +194,7 @@ async fn last_seen_is_refreshed_at_the_heartbeat_only() {
     let agent = AgentDouble::start_h2c(sample_agent()).await;
     let mut config = config(&settings(&agent.url()));
     config.heartbeat = Duration::from_secs(1);
-    let watcher = Watcher::start(config, store.clone());
-    let mut health = watcher.health();
-    wait_state(&mut health, &AgentState::Up).await;
+    let (watcher, health) = watch_until_up(config, &store).await;
     let key = DocKey::new("platforms", AGENT);
     let first = doc(&store, "platforms", AGENT).unwrap()["last_seen"].as_u64().unwrap();
     let mut feed = store.subscribe();
@@ -212,9 +219,7 @@ async fn agent_down_then_up_recovers_with_backoff() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let mut agent = AgentDouble::start_h2c(sample_agent()).await;
-    let watcher = Watcher::start(config(&settings(&agent.url())), store.clone());
-    let mut health = watcher.health();
-    wait_state(&mut health, &AgentState::Up).await;
+    let (watcher, mut health) = watch_until_up(config(&settings(&agent.url())), &store).await;
     more_polls(&mut health, 1).await;
     let before = all_heads(&store);
 
@@ -248,9 +253,7 @@ async fn malformed_or_failing_endpoints_leave_their_documents_alone() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let agent = AgentDouble::start_h2c(sample_agent()).await;
-    let watcher = Watcher::start(config(&settings(&agent.url())), store.clone());
-    let mut health = watcher.health();
-    wait_state(&mut health, &AgentState::Up).await;
+    let (watcher, mut health) = watch_until_up(config(&settings(&agent.url())), &store).await;
     let deployments = |store: &DocumentStore| {
         ["node-a:podinfo", "node-a:uds-core"].map(|id| {
             store
@@ -317,9 +320,7 @@ async fn tls_and_mutual_tls() {
     let agent = AgentDouble::start_tls(sample_agent(), pki.server_config(false)).await;
     let mut s = settings(&agent.localhost_url());
     s.agent_tls_ca = Some(pki.ca.clone());
-    let watcher = Watcher::start(config(&s), store.clone());
-    let mut health = watcher.health();
-    wait_state(&mut health, &AgentState::Up).await;
+    let (watcher, _) = watch_until_up(config(&s), &store).await;
     assert_eq!(doc(&store, "platforms", AGENT).unwrap()["version"], "0.9.0");
     watcher.stop().await;
     assert_eq!(agent.protocol_violations(), Vec::<String>::new());
@@ -346,9 +347,7 @@ async fn tls_and_mutual_tls() {
 
     s.agent_tls_cert = Some(pki.client_cert.clone());
     s.agent_tls_key = Some(pki.client_key.clone());
-    let watcher = Watcher::start(config(&s), store.clone());
-    let mut health = watcher.health();
-    wait_state(&mut health, &AgentState::Up).await;
+    let (watcher, _) = watch_until_up(config(&s), &store).await;
     assert_eq!(doc(&store, "platforms", AGENT).unwrap()["version"], "mtls");
     watcher.stop().await;
 
