@@ -273,22 +273,15 @@ unpack_release() { # TARBALL
     fi
 }
 
+# Installs (rpm -i) or upgrades (rpm -U) to ARTIFACT; dpkg and install.sh
+# do both the same way.
 # rpm_opts prints options without spaces: $opts is split on purpose.
 # shellcheck disable=SC2086
-pkg_install() { # ARTIFACT
+pkg_apply() { # -i|-U ARTIFACT
     case "$KIND" in
-        deb) dpkg -i "$1" ;;
-        rpm) opts=$(rpm_opts "$1") && echo "+ rpm -i" $opts "$1" && rpm -i $opts "$1" ;;
-        install.sh) unpack_release "$1" && "$(release_script)" ;;
-    esac
-}
-
-# shellcheck disable=SC2086
-pkg_upgrade() { # ARTIFACT
-    case "$KIND" in
-        deb) dpkg -i "$1" ;;
-        rpm) opts=$(rpm_opts "$1") && echo "+ rpm -U" $opts "$1" && rpm -U $opts "$1" ;;
-        install.sh) unpack_release "$1" && "$(release_script)" ;;
+        deb) dpkg -i "$2" ;;
+        rpm) opts=$(rpm_opts "$2") && echo "+ rpm $1" $opts "$2" && rpm "$1" $opts "$2" ;;
+        install.sh) unpack_release "$2" && "$(release_script)" ;;
     esac
 }
 
@@ -340,7 +333,7 @@ if user_exists || [ -e /usr/bin/$NAME ]; then
 fi
 
 step "1. install"
-check "install $(basename "$ARTIFACT")" pkg_install "$ARTIFACT"
+check "install $(basename "$ARTIFACT")" pkg_apply -i "$ARTIFACT"
 user_exists || fail "user $NAME missing"
 ok "user: $(getent passwd "$NAME")"
 group_exists || fail "group $NAME missing"
@@ -422,9 +415,9 @@ esac
 before=$(invocation)
 if [ "$KIND" = install.sh ]; then
     # install.sh records no version: its upgrade is a run over a running install.
-    check "install.sh over the running install" pkg_upgrade "$NEWER"
+    check "install.sh over the running install" pkg_apply -U "$NEWER"
 else
-    check "upgrade $old_version -> $new_version" pkg_upgrade "$NEWER"
+    check "upgrade $old_version -> $new_version" pkg_apply -U "$NEWER"
     [ "$(installed_version)" = "$new_version" ] || fail "installed version is $(installed_version), expected $new_version"
     ok "installed version $(installed_version)"
 fi
@@ -480,7 +473,7 @@ else
 fi
 
 step "6. reinstall"
-check "install $(basename "$ARTIFACT") again" pkg_install "$ARTIFACT"
+check "install $(basename "$ARTIFACT") again" pkg_apply -i "$ARTIFACT"
 [ "$(systemctl is-enabled "$UNIT" 2>&1)" = enabled ] || fail "$UNIT is not enabled"
 ok "$UNIT is enabled"
 wait_active
