@@ -47,8 +47,13 @@ async fn chain_a_b_c_relays_changes_between_unconnected_ends() {
     c.put("chain", "from-c", r#"{"origin":"c"}"#).await;
     a.wait_doc("chain", "from-c", Some(r#"{"origin":"c"}"#), T).await;
     // Concurrent edits at both ends of the chain still meet in the middle.
+    // Both ends pause meanwhile, so neither put can see the other's first.
+    a.api().stop_sync(StopSyncRequest::default()).await.unwrap();
+    c.api().stop_sync(StopSyncRequest::default()).await.unwrap();
     a.put("chain", "shared", r#"{"a":1}"#).await;
     c.put("chain", "shared", r#"{"c":3}"#).await;
+    a.api().start_sync(StartSyncRequest::default()).await.unwrap();
+    c.api().start_sync(StartSyncRequest::default()).await.unwrap();
     let docs = wait_identical(&[&a, &b, &c], "chain", T).await;
     assert_eq!(docs["shared"], r#"{"a":1,"c":3}"#);
 
