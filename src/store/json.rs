@@ -5,8 +5,9 @@
 //! current document produces operations, so unchanged fields cost nothing and
 //! concurrent edits of different fields merge field by field.
 
+use automerge::legacy::{ElementId, Key, ObjectId, Op, OpId, OpType, SortedVec};
 use automerge::transaction::Transactable;
-use automerge::{ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
+use automerge::{ActorId, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
 use serde_json::{Map, Number, Value as Json};
 
 type Result<T> = std::result::Result<T, automerge::AutomergeError>;
@@ -21,6 +22,54 @@ pub fn reconcile_map<T: Transactable>(tx: &mut T, obj: &ObjId, target: &Map<Stri
         reconcile_prop(tx, obj, Prop::Map(key.clone()), value, false)?;
     }
     Ok(())
+}
+
+/// The operations that reconciling `target` into the empty map `obj` records,
+/// in the same order and with the same ids, for a change by `actor` whose
+/// first operation is `start_op`. Building them directly skips the per-op
+/// cost of a transaction, which dominates writing a new document.
+pub fn fill_empty_map_ops(obj: ObjectId, target: &Map<String, Json>, actor: &ActorId, start_op: u64) -> Vec<Op> {
+    let mut builder = OpsBuilder { ops: Vec::new(), actor, start_op };
+    builder.fill_map(&obj, target);
+    builder.ops
+}
+
+struct OpsBuilder<'a> {
+    ops: Vec<Op>,
+    actor: &'a ActorId,
+    start_op: u64,
+}
+
+impl OpsBuilder<'_> {
+    /// Appends an operation and returns its id.
+    fn push(&mut self, obj: &ObjectId, key: Key, value: &Json, insert: bool) -> OpId {
+        let id = OpId(self.start_op + self.ops.len() as u64, self.actor.clone());
+        let action = match value {
+            Json::Object(_) => OpType::Make(ObjType::Map),
+            Json::Array(_) => OpType::Make(ObjType::List),
+            scalar => OpType::Put(to_scalar(scalar)),
+        };
+        self.ops.push(Op { action, obj: obj.clone(), key, pred: SortedVec::new(), insert });
+        match value {
+            Json::Object(map) => self.fill_map(&ObjectId::Id(id.clone()), map),
+            Json::Array(items) => self.fill_list(&ObjectId::Id(id.clone()), items),
+            _ => {}
+        }
+        id
+    }
+
+    fn fill_map(&mut self, obj: &ObjectId, target: &Map<String, Json>) {
+        for (key, value) in target {
+            self.push(obj, Key::Map(key.as_str().into()), value, false);
+        }
+    }
+
+    fn fill_list(&mut self, obj: &ObjectId, items: &[Json]) {
+        let mut previous = ElementId::Head;
+        for value in items {
+            previous = ElementId::Id(self.push(obj, Key::Seq(previous), value, true));
+        }
+    }
 }
 
 /// Makes the list `obj` equal to `target`, updating elements in place.
