@@ -1,11 +1,9 @@
 //! Group commit: the store's single writer thread.
 //!
 //! Writers queue their prepared writes and wait for a ticket. The writer
-//! thread takes everything queued so far, hands it to the store to apply as
-//! one atomic sled batch, flushes once, and then releases every ticket the
-//! group covered. sled makes each batch a synchronous log write of its own,
-//! so applying writes one by one would cost a disk round trip per request;
-//! here concurrent requests share both the batch and the flush.
+//! thread takes everything queued so far, hands it to the store to apply
+//! (each write atomically), flushes once, and then releases every ticket the
+//! group covered, so concurrent requests share one disk round trip.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

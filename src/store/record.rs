@@ -10,6 +10,9 @@
 //! - `l` + seq (u64 BE) → doc key: the change log. Every persisted change
 //!   moves its document to a new, higher sequence number, so the entries after
 //!   a peer's cursor are exactly the documents that changed since.
+//! - `g` → the last unit of writes, as one value (see [`encode_writes`]):
+//!   written before the keys it sets, so a crash in between is completed from
+//!   it at the next open.
 //!
 //! A doc key is `collection 0x00 doc_id`; 0xFF never occurs in UTF-8, so a
 //! document's chunk prefix can never match another document's.
@@ -21,6 +24,11 @@ const CHUNK_PREFIX: u8 = b'c';
 const CHUNK_SEPARATOR: u8 = 0xFF;
 const LOG_PREFIX: u8 = b'l';
 const RECORD_VERSION: u8 = 1;
+/// Key of the last unit of writes (not a prefix of any other key).
+pub const PENDING_WRITES_KEY: &[u8] = b"g";
+
+/// One key update: the new value, or `None` to remove the key.
+pub type KeyWrite = (Vec<u8>, Option<Vec<u8>>);
 
 /// Identifies a document: its collection and id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,6 +172,44 @@ impl DocRecord {
     }
 }
 
+/// Encodes key updates as one value: per update the key length (u32 BE),
+/// the key, then 0 for a removal or 1, the value length (u32 BE) and the value.
+pub fn encode_writes<'a>(writes: impl IntoIterator<Item = &'a KeyWrite>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in writes {
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(key);
+        match value {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+        }
+    }
+    out
+}
+
+pub fn decode_writes(bytes: &[u8]) -> Result<Vec<KeyWrite>, MalformedRecord> {
+    let mut r = Reader(bytes);
+    let mut writes = Vec::new();
+    while !r.0.is_empty() {
+        let key_len = u32::from_be_bytes(r.array()?) as usize;
+        let key = r.take(key_len)?.to_vec();
+        let value = match r.take(1)?[0] {
+            0 => None,
+            1 => {
+                let len = u32::from_be_bytes(r.array()?) as usize;
+                Some(r.take(len)?.to_vec())
+            }
+            _ => return Err(MalformedRecord),
+        };
+        writes.push((key, value));
+    }
+    Ok(writes)
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -199,6 +245,14 @@ mod tests {
         };
         assert_eq!(DocRecord::decode(&record.encode()).unwrap(), record);
         assert!(DocRecord::decode(&record.encode()[..10]).is_err());
+    }
+
+    #[test]
+    fn writes_round_trip() {
+        let writes = vec![(b"r\0a".to_vec(), Some(b"value".to_vec())), (b"l1".to_vec(), None), (vec![], Some(vec![]))];
+        let encoded = encode_writes(&writes);
+        assert_eq!(decode_writes(&encoded).unwrap(), writes);
+        assert!(decode_writes(&encoded[..encoded.len() - 1]).is_err());
     }
 
     #[test]
