@@ -1,11 +1,12 @@
 //! The document store on disk, simulating two nodes: field-level merge of
 //! concurrent edits exchanged with the Automerge sync protocol, the semantics
-//! of a delete concurrent with an update, reopening, and history growth.
+//! of a delete concurrent with an update, reopening, completing a write a
+//! crash cut short, and history growth.
 
 use std::sync::Arc;
 
 use automerge::sync;
-use peat_sidecar::store::{DocKey, DocumentStore, Origin, StoreOptions};
+use peat_sidecar::store::{DocKey, DocumentStore, Origin, StoreOptions, record};
 use serde_json::{Value, json};
 
 fn open(dir: &std::path::Path) -> DocumentStore {
@@ -191,6 +192,68 @@ async fn a_long_history_reloads_intact() {
     let other = open(other_dir.path());
     sync_pair(&store, &other, &key).await;
     assert_eq!(get(&other, &key), Some(json!({"i": 500})));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn open_sled(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Err(err) if err.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result.expect("opening sled"),
+        }
+    }
+}
+
+/// A crash after a write's unit value reached sled's log but before its
+/// keys did: the next open completes the write from that value.
+#[tokio::test]
+async fn a_write_cut_short_after_its_unit_value_is_completed_at_open() {
+    let (dir, before_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (key, other) = (DocKey::new("c", "cut"), DocKey::new("c", "other"));
+    let store = open(dir.path());
+    put(&store, &key, json!({"v": 1, "same": true})).await;
+    put(&store, &other, json!({"keep": "me"})).await;
+    drop(store);
+    copy_dir(dir.path(), before_dir.path());
+
+    let store = open(dir.path());
+    put(&store, &key, json!({"v": 2, "same": true})).await;
+    let heads = store.heads(&key).unwrap();
+    drop(store);
+    let unit = open_sled(dir.path()).open_tree("documents").unwrap().get(record::PENDING_WRITES_KEY).unwrap();
+    let unit = unit.expect("the last unit of writes is kept");
+
+    // The state before the write, plus only the write's unit value.
+    {
+        let db = open_sled(before_dir.path());
+        db.open_tree("documents").unwrap().insert(record::PENDING_WRITES_KEY, unit).unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(before_dir.path());
+    assert_eq!(get(&store, &key), Some(json!({"v": 2, "same": true})));
+    assert_eq!(store.heads(&key).unwrap(), heads);
+    assert_eq!(get(&store, &other), Some(json!({"keep": "me"})));
+    // The completed document is whole: it loads, takes the next write and reopens.
+    put(&store, &key, json!({"v": 3, "same": true})).await;
+    drop(store);
+    let store = open(before_dir.path());
+    assert_eq!(get(&store, &key), Some(json!({"v": 3, "same": true})));
+    assert_eq!(store.log_after(0, 10).unwrap().len(), 2, "one change-log entry per document");
 }
 
 #[tokio::test]
