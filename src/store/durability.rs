@@ -123,3 +123,67 @@ fn write_loop<W>(
 #[derive(Debug, thiserror::Error)]
 #[error("the document store could not make the write durable in time")]
 pub struct NotDurable;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn open(dir: &tempfile::TempDir) -> sled::Db {
+        sled::Config::new().path(dir.path()).open().expect("opening sled")
+    }
+
+    /// A group commit whose `apply` inserts each write's key and reports it.
+    fn recording(db: &sled::Db) -> (GroupCommit<&'static str>, mpsc::Receiver<Vec<&'static str>>) {
+        let (applied, groups) = mpsc::channel();
+        let tree = db.clone();
+        let commit = GroupCommit::start(db.clone(), move |writes: Vec<&'static str>| {
+            for key in &writes {
+                tree.insert(key, "v").expect("insert");
+            }
+            applied.send(writes).expect("test receiver");
+        });
+        (commit, groups)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_groups_and_every_write_lands_in_submission_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let (commit, groups) = recording(&db);
+        let commit = Arc::new(commit);
+        let submitted = Arc::new(Mutex::new(Vec::new()));
+        let keys: Vec<&'static str> = (0..64).map(|i| &*format!("k{i:02}").leak()).collect();
+        let tasks: Vec<_> = keys
+            .iter()
+            .map(|&key| {
+                let (commit, submitted) = (Arc::clone(&commit), Arc::clone(&submitted));
+                tokio::spawn(async move {
+                    commit.submit(|| {
+                        submitted.lock().unwrap().push(key);
+                        key
+                    });
+                    commit.durable().await.expect("durable");
+                    key
+                })
+            })
+            .collect();
+        for task in tasks {
+            let key = task.await.unwrap();
+            assert!(db.get(key).unwrap().is_some(), "{key} is in sled once acknowledged");
+        }
+        let applied: Vec<_> = groups.try_iter().collect();
+        assert_eq!(applied.concat(), *submitted.lock().unwrap(), "applied in submission order");
+        assert!(applied.len() <= keys.len());
+    }
+
+    #[test]
+    fn writes_queued_at_shutdown_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let (commit, groups) = recording(&db);
+        commit.submit(|| "last");
+        drop(commit);
+        assert_eq!(groups.try_iter().flatten().collect::<Vec<_>>(), vec!["last"]);
+    }
+}
