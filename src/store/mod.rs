@@ -39,8 +39,8 @@ const DATA_KEY: &str = "data";
 const DELETED_KEY: &str = "deleted";
 /// Documents kept loaded in memory.
 const CACHE_DOCS: usize = 2048;
-/// Incremental chunks a document collects before they are compacted into one
-/// snapshot (or more, once the snapshot is larger).
+/// Bytes of incremental chunks a document collects before they are compacted
+/// into one snapshot (once the snapshot is larger: as many bytes as it has).
 const COMPACT_AFTER_BYTES: u64 = 4096;
 /// Bytes of key updates written as one unit; sled stores values from 128 KiB
 /// up as separate files.
