@@ -112,6 +112,7 @@ async fn session_limit_refuses_extra_peers_until_a_session_ends() {
     let line = log_line(&a, "session limit of 1 reached").await;
     assert!(line.contains("WARN") && line.contains("mesh session refused"), "{line}");
     log_line(&c, "peer refused us: session limit of 1 reached").await;
+    assert!(!c.log().contains("mesh session established"), "a refused dialer never reports a session");
     for _ in 0..10 {
         let stats = a.stats().await;
         assert_eq!(stats.connected_peers, 1, "A holds more sessions than its limit");

@@ -199,16 +199,24 @@ async fn last_seen_is_refreshed_at_the_heartbeat_only() {
     let first = doc(&store, "platforms", AGENT).unwrap()["last_seen"].as_u64().unwrap();
     let mut feed = store.subscribe();
     let polls_before = health.borrow().polls;
+    let window = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let polls = health.borrow().polls - polls_before;
+    let seconds = window.elapsed().as_secs_f64();
     let mut platform_changes = 0;
     while let Ok(change) = feed.try_recv() {
         assert_eq!(change.key, key, "only the platform document changes");
         platform_changes += 1;
     }
-    // With a 1 s heartbeat (whole seconds), 2.5 s hold two or three refreshes.
+    // A 1 s heartbeat (whole seconds) refreshes once per second of the
+    // window, give or take one at each end (a loaded machine stretches the
+    // window), and never on the polls in between.
     assert!(polls >= 10, "{polls} polls");
-    assert!((2..=3).contains(&platform_changes), "{platform_changes} heartbeat writes across {polls} polls");
+    let expected = (seconds - 1.0).floor().max(1.0) as usize..=seconds.ceil() as usize + 1;
+    assert!(
+        expected.contains(&platform_changes) && (platform_changes as u64) * 3 < polls,
+        "{platform_changes} heartbeat writes across {polls} polls in {seconds:.2} s"
+    );
     assert!(doc(&store, "platforms", AGENT).unwrap()["last_seen"].as_u64().unwrap() >= first + 2);
     assert!(store.heads(&key).unwrap().is_some());
     watcher.stop().await;

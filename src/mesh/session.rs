@@ -115,8 +115,16 @@ pub(crate) async fn run(
         }
         Err(_) => return Err(SessionEnd::Timeout(HANDSHAKE_TIMEOUT)),
     };
-    tracing::info!(peer = %peer.node_id, %remote, ?role, "mesh session established");
-    let result = SyncLoop::new(&shared, &peer, guard.stop.clone()).run(&mut incoming, &out).await;
+    let mut sync = SyncLoop::new(&shared, &peer, guard.stop.clone());
+    // Established once both Resumes crossed: a listener at its session
+    // limit refuses only after the handshake.
+    let result = match sync.resume(&mut incoming, &out).await {
+        Ok(()) => {
+            tracing::info!(peer = %peer.node_id, %remote, ?role, "mesh session established");
+            sync.run(&mut incoming, &out).await
+        }
+        Err(end) => Err(end),
+    };
     drop(guard);
     if let Err(SessionEnd::Protocol(reason)) = &result {
         let _ = out.try_send(refusal(reason));
@@ -292,7 +300,8 @@ impl<'a> SyncLoop<'a> {
         }
     }
 
-    async fn run(mut self, incoming: &mut Incoming, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
+    /// Exchanges Resumes and, unless both cursors are valid, starts the digest.
+    async fn resume(&mut self, incoming: &mut Incoming, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
         let (cursor, epoch) = self.shared.cursor_for(&self.peer.node_id, &self.peer.epoch)?;
         let ours_valid = !epoch.is_empty() && epoch == self.peer.epoch;
         send(out, Kind::Resume(proto::Resume { cursor, epoch })).await?;
@@ -306,8 +315,12 @@ impl<'a> SyncLoop<'a> {
         }
         // Both sides know both Resumes, so they agree on whether to digest.
         if !(ours_valid && theirs_valid) {
-            self.start_digest()?;
+            self.start_digest().await?;
         }
+        Ok(())
+    }
+
+    async fn run(mut self, incoming: &mut Incoming, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
         let mut feed = self.shared.store.subscribe();
         self.set_catching_up(true);
         let mut stop = self.stop.clone();
@@ -376,17 +389,23 @@ impl<'a> SyncLoop<'a> {
     /// Computes this side's digest and queues its first round. The log
     /// position is taken first: a write racing the digest is then offered
     /// by the scan as well, which is harmless.
-    fn start_digest(&mut self) -> Result<(), SessionEnd> {
+    async fn start_digest(&mut self) -> Result<(), SessionEnd> {
         let started = Instant::now();
         self.digest_base = self.shared.store.log_head();
-        let entries = self
-            .shared
-            .store
-            .all_heads_with_log_seq()
-            .map(|entry| entry.map(|(key, heads, seq)| digest::Entry::new(key, &heads, seq)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let documents = entries.len();
-        let reconciler = Reconciler::new(entries);
+        // Reading every document's heads takes a while in a large store
+        // (a fraction of a second for 100 000 documents): off the runtime workers.
+        let store = self.shared.store.clone();
+        let (documents, reconciler) = tokio::task::spawn_blocking(move || {
+            let entries = store
+                .all_heads_with_log_seq()
+                .map(|entry| entry.map(|(key, heads, seq)| digest::Entry::new(key, &heads, seq)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, SessionEnd>((entries.len(), Reconciler::new(entries)))
+        })
+        .await
+        .map_err(|err| {
+            if err.is_panic() { std::panic::resume_unwind(err.into_panic()) } else { SessionEnd::Stopped }
+        })??;
         self.queue.extend(reconciler.frames().into_iter().map(Outgoing::Digest));
         self.digest = Some(reconciler);
         tracing::debug!(peer = %self.peer.node_id, documents, elapsed = ?started.elapsed(), "digest computed");
