@@ -747,15 +747,16 @@ fn apply_group(
     }
 }
 
-fn write_unit<'a>(docs: &sled::Tree, ops: impl Iterator<Item = &'a KeyWrite> + Clone) -> sled::Result<()> {
+fn write_unit<'a>(docs: &sled::Tree, mut ops: impl Iterator<Item = &'a KeyWrite> + Clone) -> sled::Result<()> {
     docs.insert(record::PENDING_WRITES_KEY, record::encode_writes(ops.clone()))?;
-    for (key, value) in ops {
-        match value {
-            Some(value) => docs.insert(key, value.as_slice())?,
-            None => docs.remove(key)?,
-        };
+    ops.try_for_each(|write| write_key(docs, write))
+}
+
+fn write_key(docs: &sled::Tree, (key, value): &KeyWrite) -> sled::Result<()> {
+    match value {
+        Some(value) => docs.insert(key, value.as_slice()).map(drop),
+        None => docs.remove(key).map(drop),
     }
-    Ok(())
 }
 
 /// Finishes the last unit of writes, which a crash may have interrupted.
@@ -767,12 +768,7 @@ fn complete_pending_writes(docs: &sled::Tree) -> Result<(), StoreError> {
     };
     let writes = record::decode_writes(&pending)
         .map_err(|e| StoreError::Corrupt { key: "pending writes".into(), reason: e.to_string() })?;
-    for (key, value) in writes {
-        match value {
-            Some(value) => docs.insert(key, value)?,
-            None => docs.remove(key)?,
-        };
-    }
+    writes.iter().try_for_each(|write| write_key(docs, write))?;
     Ok(())
 }
 
