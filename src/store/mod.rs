@@ -172,11 +172,6 @@ impl CachedDoc {
             Doc::Created(_) => false,
         }
     }
-
-    /// Nothing was ever written to the document, here or by a peer.
-    fn is_genesis(&self) -> bool {
-        matches!(&self.doc, Doc::Loaded(doc) if doc.get_heads() == Genesis::get().heads)
-    }
 }
 
 type SharedDoc = Arc<Mutex<CachedDoc>>;
@@ -426,10 +421,7 @@ impl DocumentStore {
         key: &DocKey,
         state: &mut sync::State,
     ) -> Result<Option<sync::Message>, StoreError> {
-        // A document we never had is its genesis, like everywhere else.
-        let doc = self.load_or_create(key)?;
-        let mut cached = doc.lock().expect("document lock");
-        Ok(cached.loaded()?.generate_sync_message(state))
+        self.generate_sync_message_primed(key, state, |_, _| {})
     }
 
     /// Like [`Self::generate_sync_message`], but first lets `prime` adjust
@@ -440,6 +432,7 @@ impl DocumentStore {
         state: &mut sync::State,
         prime: impl FnOnce(&Automerge, &mut sync::State),
     ) -> Result<Option<sync::Message>, StoreError> {
+        // A document we never had is its genesis, like everywhere else.
         let doc = self.load_or_create(key)?;
         let mut cached = doc.lock().expect("document lock");
         let doc = cached.loaded()?;
@@ -536,7 +529,8 @@ impl DocumentStore {
         let mut cached = shared.lock().expect("document lock");
         let before = cached.heads();
         let chunk = match create {
-            Some(content) if cached.is_genesis() => {
+            // Nothing was ever written to the document, here or by a peer.
+            Some(content) if before == Genesis::get().heads => {
                 let change = Genesis::get().creation_change(&self.inner.actor, content);
                 let chunk = change.raw_bytes().to_vec();
                 cached.doc = Doc::Created(Box::new(change));
