@@ -44,6 +44,8 @@ struct Measured {
     requests: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time the server and the load generator used, when measured.
+    cpu: Option<(Duration, Duration)>,
 }
 
 impl Measured {
@@ -58,8 +60,10 @@ impl Measured {
     }
 
     fn row(&self, name: &str, concurrency: usize) -> String {
+        let per_request = |cpu: Duration| format!("{:.0}", cpu.as_secs_f64() * 1e6 / self.requests as f64);
+        let (server, client) = self.cpu.map_or(("".into(), "".into()), |(s, c)| (per_request(s), per_request(c)));
         format!(
-            "| {name} | {concurrency} | {} | {:.0} | {:.2} | {:.2} |",
+            "| {name} | {concurrency} | {} | {:.0} | {:.2} | {:.2} | {server} | {client} |",
             self.requests,
             self.rate(),
             ms(self.percentile(0.50)),
@@ -102,7 +106,36 @@ where
     for worker in workers {
         latencies.extend(worker.await.expect("benchmark worker"));
     }
-    Measured { requests: total, elapsed: started.elapsed(), latencies }
+    Measured { requests: total, elapsed: started.elapsed(), latencies, cpu: None }
+}
+
+/// `load` against the server process `server`, with the CPU time the server
+/// and this process (the load generator) spent on it.
+async fn load_cpu<F, Fut>(server: i32, concurrency: usize, total: usize, call: F) -> Measured
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let before = (process_cpu(server), own_cpu());
+    let mut measured = load(concurrency, total, call).await;
+    measured.cpu = Some((process_cpu(server) - before.0, own_cpu() - before.1));
+    measured
+}
+
+/// User plus system CPU time of process `pid`.
+fn process_cpu(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc stat");
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+}
+
+/// User plus system CPU time of this process.
+fn own_cpu() -> Duration {
+    process_cpu(std::process::id() as i32)
 }
 
 fn scaled(n: usize) -> usize {
@@ -207,6 +240,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     println!("idle RSS after start: {:.1} MB", rss_kib(sidecar.pid()) as f64 / 1024.0);
 
+    let server = sidecar.pid();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut rows = Vec::new();
     let mut floors = Vec::new();
@@ -223,11 +257,11 @@ fn main() {
             ("Connect JSON, HTTP/1.1", sidecar.client_h1(Protocol::Connect, true)),
             ("gRPC, h2c", sidecar.client_h2(Protocol::Grpc, false)),
         ] {
-            rows.push(format!("| **{label}** | | | | | |"));
+            rows.push(format!("| **{label}** | | | | | | | |"));
             let tag = if label.starts_with("gRPC") { "grpc" } else { "connect" };
             let mut rates = std::collections::HashMap::new();
             for concurrency in [1, 16] {
-                let status = load(concurrency, scaled(if concurrency == 1 { 5_000 } else { 40_000 }), {
+                let status = load_cpu(server, concurrency, scaled(if concurrency == 1 { 5_000 } else { 40_000 }), {
                     let client = client.clone();
                     move |_| {
                         let client = client.clone();
@@ -240,7 +274,7 @@ fn main() {
                 rows.push(status.row("GetStatus (no-op round trip)", concurrency));
 
                 let collection = format!("put-{tag}-c{concurrency}");
-                let put = load(concurrency, scaled(if concurrency == 1 { 3_000 } else { 30_000 }), {
+                let put = load_cpu(server, concurrency, scaled(if concurrency == 1 { 3_000 } else { 30_000 }), {
                     let client = client.clone();
                     move |i| put_document(client.clone(), collection.clone(), format!("doc-{i}"), document(i))
                 })
@@ -259,7 +293,7 @@ fn main() {
             })
             .await;
             for concurrency in [1, 16] {
-                let get = load(concurrency, scaled(if concurrency == 1 { 10_000 } else { 60_000 }), {
+                let get = load_cpu(server, concurrency, scaled(if concurrency == 1 { 10_000 } else { 60_000 }), {
                     let (client, collection) = (client.clone(), collection.clone());
                     move |_| {
                         let client = client.clone();
@@ -281,7 +315,7 @@ fn main() {
 
             // One document, 20 000 sequential updates with changing content.
             let (total, window_len) = (scaled(UPDATES), scaled(WINDOW));
-            let updates = load(1, total, {
+            let updates = load_cpu(server, 1, total, {
                 let client = client.clone();
                 let collection = format!("hot-{tag}");
                 move |i| put_document(client.clone(), collection.clone(), "the-one".into(), document(i))
@@ -291,13 +325,14 @@ fn main() {
                 requests: range.len(),
                 elapsed: updates.latencies[range.clone()].iter().sum(),
                 latencies: updates.latencies[range].to_vec(),
+                cpu: None,
             };
             let (first, last) = (window(0..window_len), window(total - window_len..total));
             rows.push(first.row(&format!("PutDocument, one doc of {total} updates: first {window_len}"), 1));
             rows.push(last.row(&format!("PutDocument, one doc of {total} updates: last {window_len}"), 1));
             // The same with 16 writers: edits of one document serialise on
             // its lock, but their durability waits share group commits.
-            let shared_doc = load(16, total, {
+            let shared_doc = load_cpu(server, 16, total, {
                 let client = client.clone();
                 let collection = format!("hot16-{tag}");
                 move |i| put_document(client.clone(), collection.clone(), "the-one".into(), document(i))
@@ -323,8 +358,10 @@ fn main() {
     });
 
     println!();
-    println!("| operation | concurrency | requests | req/s | p50 ms | p99 ms |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| operation | concurrency | requests | req/s | p50 ms | p99 ms | server CPU µs/req | load generator CPU µs/req |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in rows {
         println!("{row}");
     }

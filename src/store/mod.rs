@@ -7,6 +7,7 @@
 
 pub mod crypto;
 mod durability;
+mod journal;
 pub mod json;
 pub mod record;
 pub mod validate;
@@ -16,7 +17,6 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
@@ -31,7 +31,8 @@ use record::{DocRecord, KeyWrite};
 pub use validate::InvalidField;
 
 use crypto::Cipher;
-use durability::GroupCommit;
+use durability::{GroupCommit, retry};
+use journal::Journal;
 
 /// Root key of the document's JSON content.
 const DATA_KEY: &str = "data";
@@ -42,9 +43,8 @@ const CACHE_DOCS: usize = 2048;
 /// Bytes of incremental chunks a document collects before they are compacted
 /// into one snapshot (once the snapshot is larger: as many bytes as it has).
 const COMPACT_AFTER_BYTES: u64 = 4096;
-/// Bytes of key updates written as one unit; sled stores values from 128 KiB
-/// up as separate files.
-const UNIT_BYTES: usize = 64 * 1024;
+/// The journal's file name in the data directory (next to sled's files).
+pub const JOURNAL_FILE: &str = "journal";
 /// Change feed capacity; a subscriber further behind than this is cut off.
 const FEED_CAPACITY: usize = 4096;
 /// Meta key recording how stored values are protected.
@@ -77,6 +77,8 @@ pub enum StoreError {
     Automerge(#[from] automerge::AutomergeError),
     #[error(transparent)]
     NotDurable(#[from] durability::NotDurable),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 /// Where a change came from.
@@ -214,7 +216,12 @@ impl DocumentStore {
         let meta = db.open_tree("meta")?;
         let cipher = options.encryption_key.as_ref().map(Cipher::new);
         check_encryption(&path, &meta, &docs, cipher.as_ref())?;
-        complete_pending_writes(&docs)?;
+        let (mut journal, unapplied) = Journal::open(&path.join(JOURNAL_FILE))?;
+        for record in &unapplied {
+            let writes = record::decode_writes(record)
+                .map_err(|e| StoreError::Corrupt { key: "journal".into(), reason: e.to_string() })?;
+            writes.iter().try_for_each(|write| write_key(&docs, write))?;
+        }
         let log_head = match docs.scan_prefix(record::log_prefix()).keys().next_back() {
             Some(key) => record::log_seq_from_key(&key?).ok_or_else(|| corrupt_key(b"log"))?,
             None => 0,
@@ -228,12 +235,20 @@ impl DocumentStore {
             }
         };
         db.flush()?;
+        if !unapplied.is_empty() {
+            journal.restart()?;
+        }
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let applied_head = Arc::new(AtomicU64::new(log_head));
-        let commit = GroupCommit::start(db.clone(), {
-            let (docs, feed, applied_head) = (docs.clone(), feed.clone(), Arc::clone(&applied_head));
-            move |writes| apply_group(&docs, &feed, &applied_head, writes)
-        });
+        let commit = GroupCommit::start(
+            db.clone(),
+            journal,
+            |writes: &[PendingWrite]| record::encode_writes(writes.iter().flat_map(|write| &write.ops)),
+            {
+                let (docs, feed, applied_head) = (docs.clone(), feed.clone(), Arc::clone(&applied_head));
+                move |writes| apply_group(&docs, &feed, &applied_head, writes)
+            },
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 commit,
@@ -469,7 +484,7 @@ impl DocumentStore {
     /// Durably writes a node-level value.
     pub async fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.inner.meta.insert(name.as_bytes(), self.seal_value(value))?;
-        self.inner.commit.durable().await?;
+        self.inner.commit.checkpoint().await?;
         Ok(())
     }
 
@@ -695,43 +710,17 @@ impl DocumentStore {
     }
 }
 
-/// Applies a group of queued writes to sled (retrying until sled accepts
+/// Applies a group of journaled writes to sled (retrying until sled accepts
 /// them: the writes are already visible in memory), advances the applied log
 /// head and publishes the changes in log order.
-///
-/// Each write is atomic: writes are stored in units of whole writes, each
-/// first as one value under [`record::PENDING_WRITES_KEY`] and then key by
-/// key. A single insert is atomic and sled recovers a prefix of its log, so
-/// after a crash either the unit's value is lost, and with it every later
-/// key, or it survives and [`complete_pending_writes`] finishes the unit at
-/// the next open. (sled's own batches cost two extra synchronous log-buffer
-/// writes each, which dominated a small group's latency.)
 fn apply_group(
     docs: &sled::Tree,
     feed: &broadcast::Sender<DocumentChange>,
     log_head: &AtomicU64,
     writes: Vec<PendingWrite>,
 ) {
-    let mut rest = writes.as_slice();
-    while !rest.is_empty() {
-        // Units stay below sled's blob threshold unless one write is larger.
-        let mut unit_bytes = 0;
-        let unit_len = rest
-            .iter()
-            .take_while(|write| {
-                unit_bytes += write.ops.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>();
-                unit_bytes <= UNIT_BYTES
-            })
-            .count()
-            .max(1);
-        let (unit, later) = rest.split_at(unit_len);
-        let mut backoff = Duration::from_millis(10);
-        while let Err(err) = write_unit(docs, unit.iter().flat_map(|write| &write.ops)) {
-            tracing::error!(error = %err, "writing to the document store failed; retrying");
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
-        rest = later;
+    for write in writes.iter().flat_map(|write| &write.ops) {
+        retry("writing to the document store", || write_key(docs, write));
     }
     if let Some(last) = writes.last() {
         log_head.store(last.change.log_seq, Ordering::Release);
@@ -741,29 +730,11 @@ fn apply_group(
     }
 }
 
-fn write_unit<'a>(docs: &sled::Tree, mut ops: impl Iterator<Item = &'a KeyWrite> + Clone) -> sled::Result<()> {
-    docs.insert(record::PENDING_WRITES_KEY, record::encode_writes(ops.clone()))?;
-    ops.try_for_each(|write| write_key(docs, write))
-}
-
 fn write_key(docs: &sled::Tree, (key, value): &KeyWrite) -> sled::Result<()> {
     match value {
         Some(value) => docs.insert(key, value.as_slice()).map(drop),
         None => docs.remove(key).map(drop),
     }
-}
-
-/// Finishes the last unit of writes, which a crash may have interrupted.
-/// Its keys hold exactly these values if it completed (nothing writes the
-/// tree after it), so writing them again is harmless.
-fn complete_pending_writes(docs: &sled::Tree) -> Result<(), StoreError> {
-    let Some(pending) = docs.get(record::PENDING_WRITES_KEY)? else {
-        return Ok(());
-    };
-    let writes = record::decode_writes(&pending)
-        .map_err(|e| StoreError::Corrupt { key: "pending writes".into(), reason: e.to_string() })?;
-    writes.iter().try_for_each(|write| write_key(docs, write))?;
-    Ok(())
 }
 
 /// Every document starts from the same genesis change, so the content map

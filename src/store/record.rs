@@ -1,7 +1,6 @@
 //! On-disk layout of the document tree.
 //!
-//! One sled tree holds everything about documents so a single atomic batch
-//! covers a write:
+//! One sled tree holds everything about documents:
 //! - `r` + doc key → [`DocRecord`] (tombstone flag, Automerge heads, current JSON,
 //!   bookkeeping of the change log)
 //! - `c` + doc key + 0xFF + seq (u64 BE) → an Automerge chunk: a saved snapshot or
@@ -10,9 +9,9 @@
 //! - `l` + seq (u64 BE) → doc key: the change log. Every persisted change
 //!   moves its document to a new, higher sequence number, so the entries after
 //!   a peer's cursor are exactly the documents that changed since.
-//! - `g` → the last unit of writes, as one value (see [`encode_writes`]):
-//!   written before the keys it sets, so a crash in between is completed from
-//!   it at the next open.
+//!
+//! A write's key updates reach sled through the journal, encoded by
+//! [`encode_writes`], so they are applied whole even if a crash interrupts them.
 //!
 //! A doc key is `collection 0x00 doc_id`; 0xFF never occurs in UTF-8, so a
 //! document's chunk prefix can never match another document's.
@@ -24,8 +23,6 @@ const CHUNK_PREFIX: u8 = b'c';
 const CHUNK_SEPARATOR: u8 = 0xFF;
 const LOG_PREFIX: u8 = b'l';
 const RECORD_VERSION: u8 = 1;
-/// Key of the last unit of writes (not a prefix of any other key).
-pub const PENDING_WRITES_KEY: &[u8] = b"g";
 
 /// One key update: the new value, or `None` to remove the key.
 pub type KeyWrite = (Vec<u8>, Option<Vec<u8>>);
@@ -172,7 +169,7 @@ impl DocRecord {
     }
 }
 
-/// Encodes key updates as one value: per update the key length (u32 BE),
+/// Encodes key updates as one journal record: per update the key length (u32 BE),
 /// the key, then 0 for a removal or 1, the value length (u32 BE) and the value.
 pub fn encode_writes<'a>(writes: impl IntoIterator<Item = &'a KeyWrite>) -> Vec<u8> {
     let mut out = Vec::new();

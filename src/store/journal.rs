@@ -1,0 +1,222 @@
+//! The write-ahead journal: where the store's writes become durable.
+//!
+//! Each group of writes is appended as one record and synced before it is
+//! applied to sled; sled itself is flushed only at checkpoints (a full
+//! journal, a direct sled write that must be durable, shutdown), after which
+//! the journal starts over. At open, the records since the last checkpoint
+//! are applied again in order: every key they touch ends with its last
+//! journaled value, whatever part of them sled had persisted on its own.
+//!
+//! The file is zero-filled ahead of its records, so a sync writes data only:
+//! no file size or block allocation, which would cost a file-system journal
+//! commit per sync. Layout: a header (magic, sequence number of the first
+//! record), then records of payload length (u32 LE), CRC-32 of sequence number
+//! and payload (u32 LE), sequence number (u64 LE) and payload. Reading stops
+//! at the first record that is cut short, fails its CRC or does not carry the
+//! next sequence number: a torn tail, or the zeros and stale records of an
+//! earlier generation behind the current one.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"peatjnl1";
+const HEADER_BYTES: u64 = 16;
+const RECORD_HEADER_BYTES: usize = 16;
+/// The file grows by this many zeroed bytes at a time...
+const GROWTH_BYTES: u64 = 1 << 20;
+/// ...up to this size; then the store checkpoints and the journal starts over.
+const CAPACITY_BYTES: u64 = 16 << 20;
+
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+    /// Bytes of the file: the header, records, then zeros or stale records.
+    len: u64,
+    /// Where the next record goes.
+    end: u64,
+    next_seq: u64,
+    encoded: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("journal {0}: not a peat-sidecar journal (unknown header)")]
+    Foreign(PathBuf),
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, with the payloads of the
+    /// records written since its last [`Self::restart`], in order.
+    pub fn open(path: &Path) -> Result<(Self, Vec<Vec<u8>>), JournalError> {
+        let io_error = |source| JournalError::Io { path: path.to_owned(), source };
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_error)?;
+        let len = file.metadata().map_err(io_error)?.len();
+        let mut journal =
+            Self { file, path: path.to_owned(), len, end: HEADER_BYTES, next_seq: 1, encoded: Vec::new() };
+        if len < HEADER_BYTES {
+            // New (or its creation was cut short: nothing was journaled yet).
+            journal.restart()?;
+            if let Some(dir) = path.parent() {
+                // The file's directory entry must be durable before any record is.
+                File::open(dir).and_then(|dir| dir.sync_all()).map_err(io_error)?;
+            }
+            return Ok((journal, Vec::new()));
+        }
+        let mut header = [0u8; HEADER_BYTES as usize];
+        journal.file.read_exact_at(&mut header, 0).map_err(io_error)?;
+        if &header[..8] != MAGIC {
+            return Err(JournalError::Foreign(path.to_owned()));
+        }
+        journal.next_seq = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+        let mut records = Vec::new();
+        while let Some(payload) = journal.read_record().map_err(io_error)? {
+            journal.end += (RECORD_HEADER_BYTES + payload.len()) as u64;
+            journal.next_seq += 1;
+            records.push(payload);
+        }
+        Ok((journal, records))
+    }
+
+    /// The record at `self.end` if it is whole and the next in sequence.
+    fn read_record(&self) -> io::Result<Option<Vec<u8>>> {
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        if self.end + RECORD_HEADER_BYTES as u64 > self.len {
+            return Ok(None);
+        }
+        self.file.read_exact_at(&mut header, self.end)?;
+        let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+        let payload_at = self.end + RECORD_HEADER_BYTES as u64;
+        if seq != self.next_seq || payload_at + payload_len > self.len {
+            return Ok(None);
+        }
+        let mut payload = vec![0u8; payload_len as usize];
+        self.file.read_exact_at(&mut payload, payload_at)?;
+        Ok((record_crc(seq, &payload) == crc).then_some(payload))
+    }
+
+    /// Whether a record of `payload_len` bytes fits before the journal must
+    /// start over. An empty journal takes a record of any size.
+    pub fn has_room(&self, payload_len: usize) -> bool {
+        self.end == HEADER_BYTES || self.end + (RECORD_HEADER_BYTES + payload_len) as u64 <= CAPACITY_BYTES
+    }
+
+    /// Appends a record and syncs it to disk. On error nothing is appended
+    /// and the call can be repeated.
+    pub fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
+        let io_error = |source| JournalError::Io { path: self.path.clone(), source };
+        let record_end = self.end + (RECORD_HEADER_BYTES + payload.len()) as u64;
+        if record_end > self.len {
+            let grown = record_end.next_multiple_of(GROWTH_BYTES);
+            let zeros = vec![0u8; (grown - self.len) as usize];
+            self.file.write_all_at(&zeros, self.len).map_err(io_error)?;
+            self.len = grown;
+        }
+        self.encoded.clear();
+        self.encoded.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.encoded.extend_from_slice(&record_crc(self.next_seq, payload).to_le_bytes());
+        self.encoded.extend_from_slice(&self.next_seq.to_le_bytes());
+        self.encoded.extend_from_slice(payload);
+        self.file.write_all_at(&self.encoded, self.end).map_err(io_error)?;
+        self.file.sync_data().map_err(io_error)?;
+        self.end = record_end;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Starts over once everything journaled is durable elsewhere: the
+    /// records before are no longer read at open.
+    pub fn restart(&mut self) -> Result<(), JournalError> {
+        let io_error = |source| JournalError::Io { path: self.path.clone(), source };
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..].copy_from_slice(&self.next_seq.to_le_bytes());
+        self.file.write_all_at(&header, 0).map_err(io_error)?;
+        self.file.sync_data().map_err(io_error)?;
+        self.len = self.len.max(HEADER_BYTES);
+        self.end = HEADER_BYTES;
+        Ok(())
+    }
+}
+
+fn record_crc(seq: u64, payload: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(payload);
+    crc.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reopen(path: &Path) -> (Journal, Vec<Vec<u8>>) {
+        Journal::open(path).expect("opening the journal")
+    }
+
+    #[test]
+    fn records_are_read_back_in_order_until_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, records) = reopen(&path);
+        assert!(records.is_empty());
+        // The second record crosses a growth step.
+        let large = vec![7u8; GROWTH_BYTES as usize + 10];
+        for payload in [&b"one"[..], &large, b""] {
+            journal.append(payload).unwrap();
+        }
+        drop(journal);
+        let (mut journal, records) = reopen(&path);
+        assert_eq!(records, vec![b"one".to_vec(), large, Vec::new()]);
+
+        // After a restart the old records are stale, though still in the file.
+        journal.restart().unwrap();
+        journal.append(b"two").unwrap();
+        drop(journal);
+        let (mut journal, records) = reopen(&path);
+        assert_eq!(records, vec![b"two".to_vec()]);
+        journal.restart().unwrap();
+        drop(journal);
+        assert!(reopen(&path).1.is_empty());
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_record_ends_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, _) = reopen(&path);
+        for payload in [b"first", b"secnd", b"third"] {
+            journal.append(payload).unwrap();
+        }
+        let third_at = journal.end - (RECORD_HEADER_BYTES + 5) as u64;
+        drop(journal);
+
+        // A flipped payload byte of the third record.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"X", third_at + RECORD_HEADER_BYTES as u64).unwrap();
+        let (mut journal, records) = reopen(&path);
+        assert_eq!(records, vec![b"first".to_vec(), b"secnd".to_vec()]);
+        // The next record replaces the corrupt one.
+        journal.append(b"again").unwrap();
+        drop(journal);
+        assert_eq!(reopen(&path).1, vec![b"first".to_vec(), b"secnd".to_vec(), b"again".to_vec()]);
+
+        // A file cut inside a record.
+        file.set_len(third_at + 3).unwrap();
+        assert_eq!(reopen(&path).1, vec![b"first".to_vec(), b"secnd".to_vec()]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        std::fs::write(&path, b"something else entirely").unwrap();
+        assert!(matches!(Journal::open(&path), Err(JournalError::Foreign(_))));
+    }
+}
