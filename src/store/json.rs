@@ -24,6 +24,28 @@ pub fn reconcile_map<T: Transactable>(tx: &mut T, obj: &ObjId, target: &Map<Stri
     Ok(())
 }
 
+/// Makes the map `obj`, whose content is `current`, equal to `target`, with
+/// the operations [`reconcile_map`] would make: fields equal in both are not
+/// read from the document, nor are scalar fields that `target` changes.
+pub fn reconcile_map_from<T: Transactable>(
+    tx: &mut T,
+    obj: &ObjId,
+    current: &Map<String, Json>,
+    target: &Map<String, Json>,
+) -> Result<()> {
+    for key in current.keys().filter(|key| !target.contains_key(*key)) {
+        tx.delete(obj, key.as_str())?;
+    }
+    for (key, value) in target {
+        match value {
+            _ if current.get(key).is_some_and(|known| same(known, value)) => {}
+            Json::Object(_) | Json::Array(_) => reconcile_prop(tx, obj, Prop::Map(key.clone()), value, false)?,
+            scalar => tx.put(obj, key.as_str(), to_scalar(scalar))?,
+        }
+    }
+    Ok(())
+}
+
 /// The operations that reconciling `target` into the empty map `obj` records,
 /// in the same order and with the same ids, for a change by `actor` whose
 /// first operation is `start_op`. Building them directly skips the per-op
@@ -124,6 +146,19 @@ fn create_object<T: Transactable>(tx: &mut T, obj: &ObjId, prop: Prop, kind: Obj
 }
 
 /// Equality that treats `1` and `1.0` as different (they round-trip differently).
+/// Whether reconciling `b` into content `a` would change nothing: JSON
+/// equality, with numbers compared as the scalars they are stored as.
+fn same(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(_), Json::Number(_)) => scalar_eq(&to_scalar(a), &to_scalar(b)),
+        (Json::Array(a), Json::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b)),
+        (Json::Object(a), Json::Object(b)) => {
+            a.len() == b.len() && a.iter().all(|(key, a)| b.get(key).is_some_and(|b| same(a, b)))
+        }
+        _ => a == b,
+    }
+}
+
 fn scalar_eq(a: &ScalarValue, b: &ScalarValue) -> bool {
     match (a, b) {
         (ScalarValue::F64(x), ScalarValue::F64(y)) => x.to_bits() == y.to_bits(),

@@ -143,6 +143,9 @@ struct CachedDoc {
 
 /// A cached document's Automerge state.
 enum Doc {
+    /// The genesis document, not copied until something needs it: a new
+    /// document is usually created by a change built directly.
+    Genesis,
     Loaded(Box<Automerge>),
     /// Created here by this one change on top of the genesis, and not needed
     /// as an Automerge document since: applying the change costs more than
@@ -150,19 +153,30 @@ enum Doc {
     Created(Box<Change>),
 }
 
+impl Doc {
+    fn loaded(&mut self) -> Result<&mut Automerge, StoreError> {
+        match self {
+            Doc::Genesis => *self = Doc::Loaded(Box::new(Genesis::get().doc.clone())),
+            Doc::Created(change) => {
+                let mut doc = Genesis::get().doc.clone();
+                doc.apply_changes([Change::clone(change)])?;
+                *self = Doc::Loaded(Box::new(doc));
+            }
+            Doc::Loaded(_) => {}
+        }
+        let Doc::Loaded(doc) = self else { unreachable!("loaded above") };
+        Ok(doc)
+    }
+}
+
 impl CachedDoc {
     fn loaded(&mut self) -> Result<&mut Automerge, StoreError> {
-        if let Doc::Created(change) = &self.doc {
-            let mut doc = Genesis::get().doc.clone();
-            doc.apply_changes([Change::clone(change)])?;
-            self.doc = Doc::Loaded(Box::new(doc));
-        }
-        let Doc::Loaded(doc) = &mut self.doc else { unreachable!("loaded above") };
-        Ok(doc)
+        self.doc.loaded()
     }
 
     fn heads(&self) -> Vec<ChangeHash> {
         match &self.doc {
+            Doc::Genesis => Genesis::get().heads.clone(),
             Doc::Loaded(doc) => doc.get_heads(),
             Doc::Created(change) => vec![change.hash()],
         }
@@ -171,7 +185,7 @@ impl CachedDoc {
     fn is_deleted(&self) -> bool {
         match &self.doc {
             Doc::Loaded(doc) => is_deleted(doc.as_ref()),
-            Doc::Created(_) => false,
+            Doc::Genesis | Doc::Created(_) => false,
         }
     }
 }
@@ -295,15 +309,23 @@ impl DocumentStore {
         validate::doc_id(&key.doc_id)?;
         // Reconciling makes the content exactly `content`: no need to read it back.
         let json = serde_json::to_string(content).expect("JSON maps serialise");
-        let changed = self.change(&key, Some(json), Some(content), |doc| {
+        let changed = self.change(&key, Some(json), Some(content), |doc, record| {
             let mut tx = doc.transaction();
             let data = data_object(&mut tx)?;
-            json::reconcile_map(&mut tx, &data, content)?;
+            // The record holds the current content of a live document: only
+            // fields that differ from it need reading from the document.
+            let current = (record.chunk_count > 0 && !record.deleted)
+                .then(|| serde_json::from_str::<Map<String, Json>>(&record.json).ok())
+                .flatten();
+            match current {
+                Some(current) => json::reconcile_map_from(&mut tx, &data, &current, content)?,
+                None => json::reconcile_map(&mut tx, &data, content)?,
+            }
             // Reviving a deleted document, or creating one: the explicit flag
             // also makes creating an empty document `{}` a real change that
             // is persisted and synced (reconciling `{}` into the genesis
             // document produces no other operation).
-            if is_deleted(&tx) || tx.get(ROOT, DELETED_KEY)?.is_none() {
+            if !matches!(tx.get(ROOT, DELETED_KEY)?, Some((Value::Scalar(flag), _)) if *flag == ScalarValue::Boolean(false)) {
                 tx.put(ROOT, DELETED_KEY, false)?;
             }
             Ok(tx.commit().0.is_some())
@@ -323,7 +345,7 @@ impl DocumentStore {
             Some(record) if !record.deleted => {}
             _ => return Ok(false),
         }
-        let changed = self.change(&key, None, None, |doc| {
+        let changed = self.change(&key, None, None, |doc, _| {
             let mut tx = doc.transaction();
             if is_deleted(&tx) {
                 return Ok(false);
@@ -466,7 +488,7 @@ impl DocumentStore {
     ) -> Result<bool, StoreError> {
         validate::collection(&key.collection)?;
         validate::doc_id(&key.doc_id)?;
-        self.apply(key, Origin::Peer(Arc::clone(peer)), None, None, |doc| {
+        self.apply(key, Origin::Peer(Arc::clone(peer)), None, None, |doc, _| {
             let before = doc.get_heads();
             doc.receive_sync_message(state, message)?;
             Ok(doc.get_heads() != before)
@@ -516,11 +538,11 @@ impl DocumentStore {
         key: &DocKey,
         json: Option<String>,
         create: Option<&Map<String, Json>>,
-        edit: impl FnOnce(&mut Automerge) -> Result<bool, StoreError>,
+        edit: impl FnOnce(&mut Automerge, &DocRecord) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
-        self.apply(key, Origin::Local, json, create, |doc| {
+        self.apply(key, Origin::Local, json, create, |doc, record| {
             doc.set_actor(self.inner.actor.clone());
-            edit(doc)
+            edit(doc, record)
         })
     }
 
@@ -538,7 +560,7 @@ impl DocumentStore {
         origin: Origin,
         json: Option<String>,
         create: Option<&Map<String, Json>>,
-        edit: impl FnOnce(&mut Automerge) -> Result<bool, StoreError>,
+        edit: impl FnOnce(&mut Automerge, &DocRecord) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
         let shared = self.load_or_create(key)?;
         let mut cached = shared.lock().expect("document lock");
@@ -551,7 +573,13 @@ impl DocumentStore {
                 cached.doc = Doc::Created(Box::new(change));
                 Some(chunk)
             }
-            _ if edit(cached.loaded()?)? => None,
+            _ if {
+                let CachedDoc { doc, record } = &mut *cached;
+                edit(doc.loaded()?, record)?
+            } =>
+            {
+                None
+            }
             _ => return Ok(false),
         };
         let prepared = match self.prepare(key, &mut cached, &before, chunk, json) {
@@ -670,7 +698,7 @@ impl DocumentStore {
         }
         let cached = match self.record(key)? {
             Some(record) => CachedDoc { doc: Doc::Loaded(Box::new(self.read_chunks(key)?)), record },
-            None => CachedDoc { doc: Doc::Loaded(Box::new(Genesis::get().doc.clone())), record: DocRecord::default() },
+            None => CachedDoc { doc: Doc::Genesis, record: DocRecord::default() },
         };
         if cache.docs.len() >= CACHE_DOCS {
             // Evict documents nobody holds; the disk copy is authoritative.
@@ -850,6 +878,45 @@ mod tests {
         tx.commit();
         let change = doc.get_last_local_change().expect("a change").clone();
         (doc, change)
+    }
+
+    #[test]
+    fn reconciling_from_the_known_content_makes_the_same_operations() {
+        let cases = [
+            (r#"{"a":1,"b":"x","c":[1,2],"d":{"e":1}}"#, r#"{"a":2,"b":"x","c":[1,3],"d":{"e":1,"f":2}}"#),
+            (r#"{"a":1,"b":"x","c":[1,2],"d":{"e":1}}"#, r#"{"a":1}"#),
+            (r#"{"a":{"x":1},"b":5,"c":"s"}"#, r#"{"a":5,"b":[1],"c":{"x":null}}"#),
+            (
+                r#"{"z":0.0,"n":5,"f":1.5,"big":18446744073709551615}"#,
+                r#"{"z":-0.0,"n":5.0,"f":1.5,"big":18446744073709551615}"#,
+            ),
+            (
+                r#"{"same":{"deep":[{"x":[1,2.5,"s",null,true]}]}}"#,
+                r#"{"same":{"deep":[{"x":[1,2.5,"s",null,true]}]}}"#,
+            ),
+            (r#"{}"#, r#"{"new":{"list":[]}}"#),
+        ];
+        for (current, target) in cases {
+            let current: Map<String, Json> = serde_json::from_str(current).unwrap();
+            let target: Map<String, Json> = serde_json::from_str(target).unwrap();
+            let (base, _) = transaction_change(&ActorId::random(), &current);
+            // What the record holds: the content as written.
+            let recorded: Map<String, Json> = serde_json::from_str(&serde_json::to_string(&current).unwrap()).unwrap();
+            let edit = |known: bool| {
+                let mut doc = base.clone();
+                let mut tx = doc.transaction();
+                let data = data_object(&mut tx).unwrap();
+                if known {
+                    json::reconcile_map_from(&mut tx, &data, &recorded, &target).unwrap();
+                } else {
+                    json::reconcile_map(&mut tx, &data, &target).unwrap();
+                }
+                let ops = tx.commit().0.map_or(0, |hash| doc.get_change_by_hash(&hash).unwrap().len());
+                (ops, json::materialize_map(&doc, &data).unwrap())
+            };
+            let (ops, content) = edit(true);
+            assert_eq!((ops, &content), (edit(false).0, &target), "{current:?} -> {target:?}");
+        }
     }
 
     #[test]
