@@ -18,7 +18,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"peatjnl1";
@@ -53,8 +53,15 @@ impl Journal {
     /// records written since its last [`Self::restart`], in order.
     pub fn open(path: &Path) -> Result<(Self, Vec<Vec<u8>>), JournalError> {
         let io_error = |source| JournalError::Io { path: path.to_owned(), source };
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_error)?;
+        // Owner-only, like the data directory: records hold document content.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error)?;
         let len = file.metadata().map_err(io_error)?.len();
         let mut journal =
             Self { file, path: path.to_owned(), len, end: HEADER_BYTES, next_seq: 1, encoded: Vec::new() };
@@ -166,6 +173,8 @@ mod tests {
         let path = dir.path().join("journal");
         let (mut journal, records) = reopen(&path);
         assert!(records.is_empty());
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "owner-only");
         // The second record crosses a growth step.
         let large = vec![7u8; GROWTH_BYTES as usize + 10];
         for payload in [&b"one"[..], &large, b""] {
