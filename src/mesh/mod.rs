@@ -347,8 +347,10 @@ impl Shared {
         }
     }
 
-    async fn save_cursor(&self, peer: &str, epoch: &str, seq: u64) -> Result<(), crate::store::StoreError> {
-        self.store.meta_put(&cursor_key(peer), format!("{epoch}:{seq}").as_bytes()).await
+    /// Records how far into `peer`'s change log we hold everything. Not
+    /// waited on: a cursor lost in a crash only makes the next catch-up longer.
+    fn save_cursor(&self, peer: &str, epoch: &str, seq: u64) -> Result<(), crate::store::StoreError> {
+        self.store.meta_set(&cursor_key(peer), format!("{epoch}:{seq}").as_bytes())
     }
 
     fn session_with(&self, peer_id: &str) -> bool {

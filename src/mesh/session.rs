@@ -515,7 +515,7 @@ impl<'a> SyncLoop<'a> {
             Kind::Sync(batch) => self.receive_batch(batch).await,
             Kind::Digest(frame) => self.receive_digest(frame),
             Kind::Cursor(cursor) => {
-                self.shared.save_cursor(&self.peer.node_id, &self.peer.epoch, cursor.seq).await?;
+                self.shared.save_cursor(&self.peer.node_id, &self.peer.epoch, cursor.seq)?;
                 Ok(())
             }
             Kind::Heartbeat(_) => Ok(()),

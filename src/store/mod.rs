@@ -43,6 +43,8 @@ const CACHE_DOCS: usize = 2048;
 /// Bytes of incremental chunks a document collects before they are compacted
 /// into one snapshot (once the snapshot is larger: as many bytes as it has).
 const COMPACT_AFTER_BYTES: u64 = 4096;
+/// How often sled flushes on its own.
+const SLED_FLUSH_EVERY_MS: u64 = 500;
 /// The journal's file name in the data directory (next to sled's files).
 pub const JOURNAL_FILE: &str = "journal";
 /// Change feed capacity; a subscriber further behind than this is cut off.
@@ -224,6 +226,9 @@ impl DocumentStore {
             .path(&path)
             .cache_capacity(64 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
+            // Writes are durable in the journal; sled's own periodic flush
+            // bounds what [`Self::meta_set`] may lose.
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
             .open()
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let docs = db.open_tree("documents")?;
@@ -505,8 +510,18 @@ impl DocumentStore {
 
     /// Durably writes a node-level value.
     pub async fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.inner.meta.insert(name.as_bytes(), self.seal_value(value))?;
+        self.meta_set(name, value)?;
         self.inner.commit.checkpoint().await?;
+        Ok(())
+    }
+
+    /// Writes a node-level value that becomes durable with sled's next flush
+    /// (its own, every [`SLED_FLUSH_EVERY_MS`], or a checkpoint): for values whose
+    /// loss in a crash costs only time, like sync cursors. Documents written
+    /// before it are never less durable than it is: they are journaled, and
+    /// sled persists its log in order.
+    pub fn meta_set(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.meta.insert(name.as_bytes(), self.seal_value(value))?;
         Ok(())
     }
 
@@ -573,14 +588,13 @@ impl DocumentStore {
                 cached.doc = Doc::Created(Box::new(change));
                 Some(chunk)
             }
-            _ if {
+            _ => {
                 let CachedDoc { doc, record } = &mut *cached;
-                edit(doc.loaded()?, record)?
-            } =>
-            {
+                if !edit(doc.loaded()?, record)? {
+                    return Ok(false);
+                }
                 None
             }
-            _ => return Ok(false),
         };
         let prepared = match self.prepare(key, &mut cached, &before, chunk, json) {
             Ok(prepared) => prepared,
