@@ -65,8 +65,13 @@ impl Journal {
         let len = file.metadata().map_err(io_error)?.len();
         let mut journal =
             Self { file, path: path.to_owned(), len, end: HEADER_BYTES, next_seq: 1, encoded: Vec::new() };
-        if len < HEADER_BYTES {
-            // New (or its creation was cut short: nothing was journaled yet).
+        let mut header = [0u8; HEADER_BYTES as usize];
+        if len >= HEADER_BYTES {
+            journal.file.read_exact_at(&mut header, 0).map_err(io_error)?;
+        }
+        if header == [0u8; HEADER_BYTES as usize] {
+            // New, or its creation was cut short before the header was
+            // synced: nothing can have been journaled yet.
             journal.restart()?;
             if let Some(dir) = path.parent() {
                 // The file's directory entry must be durable before any record is.
@@ -74,8 +79,6 @@ impl Journal {
             }
             return Ok((journal, Vec::new()));
         }
-        let mut header = [0u8; HEADER_BYTES as usize];
-        journal.file.read_exact_at(&mut header, 0).map_err(io_error)?;
         if &header[..8] != MAGIC {
             return Err(JournalError::Foreign(path.to_owned()));
         }
@@ -227,5 +230,19 @@ mod tests {
         let path = dir.path().join("journal");
         std::fs::write(&path, b"something else entirely").unwrap();
         assert!(matches!(Journal::open(&path), Err(JournalError::Foreign(_))));
+    }
+
+    #[test]
+    fn a_journal_whose_creation_was_cut_short_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        for created in [&b""[..], &[0u8; 7], &[0u8; 4096]] {
+            std::fs::write(&path, created).unwrap();
+            let (mut journal, records) = reopen(&path);
+            assert!(records.is_empty());
+            journal.append(b"first").unwrap();
+            drop(journal);
+            assert_eq!(reopen(&path).1, vec![b"first".to_vec()]);
+        }
     }
 }
