@@ -8,7 +8,8 @@
 //! ~200-byte JSON document for PutDocument (distinct ids), GetDocument
 //! (random ids among 10 000), 20 000 updates of one document (first vs last
 //! 5 000), the raw floors (sled insert+flush of the same bytes; GetStatus as a
-//! no-op round trip) as ratios, start-to-READY time and idle RSS.
+//! no-op round trip) as ratios, start-to-READY time and idle RSS, and per
+//! row the CPU time the server and the load generator spent per request.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
