@@ -147,18 +147,21 @@ impl<E, A> Writer<E, A> {
             done = target;
             flushed.send_replace(done);
         }
-        let flushed =
-            self.db.flush().map_err(|e| e.to_string()).and_then(|_| self.journal.restart().map_err(|e| e.to_string()));
-        if let Err(err) = flushed {
+        if let Err(err) = self.try_checkpoint() {
             tracing::error!(error = %err, "final checkpoint of the document store failed; the journal is replayed at the next start");
         }
     }
 
+    /// Checkpoints, retrying until it succeeds.
+    fn checkpoint(&mut self) {
+        retry("checkpointing the document store", || self.try_checkpoint());
+    }
+
     /// Flushes sled: everything journaled is then in sled on disk, and the
     /// journal starts over.
-    fn checkpoint(&mut self) {
-        retry("flushing the document store", || self.db.flush());
-        retry("restarting the journal", || self.journal.restart());
+    fn try_checkpoint(&mut self) -> Result<(), String> {
+        self.db.flush().map_err(|e| format!("flushing sled: {e}"))?;
+        self.journal.restart().map_err(|e| e.to_string())
     }
 }
 
