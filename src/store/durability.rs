@@ -1,67 +1,149 @@
-//! Group commit: the store's single writer thread.
+//! Group commit: journaling queued writes and applying them to sled.
 //!
-//! Writers queue their prepared writes and wait for a ticket. The writer
-//! thread takes everything queued so far, appends it to the journal as one
+//! Writers queue their prepared writes and then wait for a ticket. Whoever
+//! commits takes everything queued so far, appends it to the journal as one
 //! record (one disk sync), applies it to sled and then releases every ticket
-//! the group covered, so concurrent requests share one disk round trip. sled
-//! itself is flushed only at checkpoints; see [`super::journal`].
+//! the group covered, so concurrent requests share one disk round trip. When
+//! writes come one at a time, each is committed by its own caller, saving two
+//! thread hand-offs; otherwise the store's writer thread commits, so the
+//! async runtime's threads keep serving requests while the disk syncs. sled itself is flushed only at checkpoints; see [`super::journal`].
 
 use std::fmt::Display;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::journal::Journal;
 
+type Encode<W> = Box<dyn FnMut(&[W]) -> Vec<u8> + Send>;
+type Apply<W> = Box<dyn FnMut(Vec<W>) + Send>;
+
 struct Queue<W> {
-    /// Tickets handed out; the writes (if any) behind them wait in `writes`.
+    /// Tickets handed out, and the last ticket whose writes are committed.
     issued: u64,
+    committed: u64,
+    /// Writes queued since the last group was taken.
     writes: Vec<W>,
+    /// How many writes the last group held.
+    last_group_len: usize,
     /// A ticket holder needs sled itself flushed.
     checkpoint: bool,
     shutdown: bool,
+    /// The journal and sled, while nobody is committing: a committer takes
+    /// it for the duration of one group, so groups never overlap.
+    committer: Option<Committer<W>>,
 }
 
+/// One group of queued writes, taken by a committer.
+struct Group<W> {
+    writes: Vec<W>,
+    checkpoint: bool,
+    /// The last ticket the group covers.
+    ticket: u64,
+}
+
+impl<W> Queue<W> {
+    /// Takes the committer and everything queued, if nobody is committing.
+    fn take_group(&mut self) -> Option<(Committer<W>, Group<W>)> {
+        let committer = self.committer.take()?;
+        self.last_group_len = self.writes.len();
+        let group = Group {
+            writes: std::mem::take(&mut self.writes),
+            checkpoint: std::mem::take(&mut self.checkpoint),
+            ticket: self.issued,
+        };
+        Some((committer, group))
+    }
+
+    /// Hands back the committer once `group` is committed. The caller then
+    /// releases the group's tickets with [`release`], outside the lock.
+    fn committed(&mut self, committer: Committer<W>, group: &Group<W>) {
+        self.committer = Some(committer);
+        self.committed = group.ticket;
+    }
+
+    /// Hands back the committer and the group it could not commit: its
+    /// writes go back to the front of the queue, still in submission order.
+    fn failed(&mut self, committer: Committer<W>, group: Group<W>) {
+        self.committer = Some(committer);
+        self.writes.splice(0..0, group.writes);
+        self.checkpoint |= group.checkpoint;
+    }
+}
+
+type Shared<W> = Arc<(Mutex<Queue<W>>, Condvar)>;
+
 pub struct GroupCommit<W> {
-    queue: Arc<(Mutex<Queue<W>>, Condvar)>,
-    flushed: watch::Receiver<u64>,
+    queue: Shared<W>,
+    /// The last ticket released; a receiver is kept so that tickets never
+    /// drop the last one (which wakes the sender's waiters).
+    released: (watch::Sender<u64>, watch::Receiver<u64>),
+    /// Writes in progress: from [`Self::begin`] until after their ticket.
+    in_progress: AtomicUsize,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A write in progress; see [`GroupCommit::begin`].
+pub struct Writing<'a>(&'a AtomicUsize);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<W: Send + 'static> GroupCommit<W> {
     /// Starts the writer thread. Each group of writes is journaled as the
     /// record `encode` makes of it and then handed to `apply`, which must not
     /// return before the writes are in `db` (it retries on its own: a write
-    /// that was queued cannot be taken back).
+    /// that was journaled cannot be taken back).
     pub fn start(
         db: sled::Db,
         journal: Journal,
         encode: impl FnMut(&[W]) -> Vec<u8> + Send + 'static,
         apply: impl FnMut(Vec<W>) + Send + 'static,
     ) -> Self {
-        let queue = Queue { issued: 0, writes: Vec::new(), checkpoint: false, shutdown: false };
+        let committer = Committer { db, journal, encode: Box::new(encode), apply: Box::new(apply) };
+        let queue = Queue {
+            issued: 0,
+            committed: 0,
+            writes: Vec::new(),
+            last_group_len: 0,
+            checkpoint: false,
+            shutdown: false,
+            committer: Some(committer),
+        };
         let queue = Arc::new((Mutex::new(queue), Condvar::new()));
-        let (flushed_tx, flushed) = watch::channel(0u64);
-        let worker_queue = Arc::clone(&queue);
-        let writer = Writer { db, journal, encode, apply };
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run(&worker_queue, &flushed_tx))
-            .expect("spawning the store writer thread");
-        Self { queue, flushed, thread: Some(thread) }
+        let released = watch::channel(0u64);
+        let thread = {
+            let (queue, released) = (Arc::clone(&queue), released.0.clone());
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_until_shutdown(&queue, &released))
+                .expect("spawning the store writer thread")
+        };
+        Self { queue, released, in_progress: AtomicUsize::new(0), thread: Some(thread) }
     }
 
-    /// Queues the write `build` returns. `build` runs under the queue lock,
-    /// so writes are applied in exactly the order they were built (the store
-    /// numbers its change log there).
+    /// Marks a write as in progress until the returned guard drops (after
+    /// its ticket). A ticket taken while no other write is in progress is
+    /// committed by its own caller.
+    pub fn begin(&self) -> Writing<'_> {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        Writing(&self.in_progress)
+    }
+
+    /// Queues the write `build` returns; it is committed with the next
+    /// ticket, so every submit must be followed by [`Self::durable`] (or
+    /// [`Self::checkpoint`]). `build` runs under the queue lock, so writes
+    /// are applied in exactly the order they were built (the store numbers
+    /// its change log there).
     pub fn submit(&self, build: impl FnOnce() -> W) {
-        let (lock, cvar) = &*self.queue;
-        let mut queue = lock.lock().expect("write queue lock");
+        let mut queue = self.lock();
         let write = build();
         queue.writes.push(write);
-        queue.issued += 1;
-        cvar.notify_one();
     }
 
     /// Waits until everything submitted before this call is on disk.
@@ -77,18 +159,57 @@ impl<W: Send + 'static> GroupCommit<W> {
 
     async fn ticket(&self, checkpoint: bool) -> Result<(), NotDurable> {
         let ticket = {
-            let (lock, cvar) = &*self.queue;
-            let mut queue = lock.lock().expect("write queue lock");
+            let mut queue = self.lock();
+            let idle = queue.committer.is_some() && queue.issued == queue.committed;
+            if idle && queue.writes.is_empty() && !checkpoint {
+                // Everything submitted so far is committed.
+                return Ok(());
+            }
             queue.issued += 1;
             queue.checkpoint |= checkpoint;
-            cvar.notify_one();
-            queue.issued
+            let ticket = queue.issued;
+            // Writes come one at a time: no other is in progress, and the last
+            // group held one. (Under load, a write committed alone would make
+            // those about to queue wait for a second sync.)
+            let one_at_a_time = self.in_progress.load(Ordering::Relaxed) <= 1 && queue.last_group_len <= 1;
+            if idle
+                && one_at_a_time
+                && let Some((mut committer, mut group)) = queue.take_group()
+            {
+                // Commit in place, on this thread. On failure the writer
+                // thread takes over, retrying until the disk takes it.
+                drop(queue);
+                let outcome = committer.try_commit(&mut group);
+                queue = self.lock();
+                match outcome {
+                    Ok(()) => {
+                        queue.committed(committer, &group);
+                        if queue.issued > queue.committed {
+                            // Tickets taken meanwhile were left to the writer thread.
+                            self.queue.1.notify_one();
+                        }
+                        drop(queue);
+                        release(&self.released.0, group.ticket);
+                        return Ok(());
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "committing writes failed; retrying");
+                        queue.failed(committer, group);
+                    }
+                }
+            }
+            self.queue.1.notify_one();
+            ticket
         };
-        let mut flushed = self.flushed.clone();
-        match tokio::time::timeout(Duration::from_secs(30), flushed.wait_for(|done| *done >= ticket)).await {
+        let mut released = self.released.1.clone();
+        match tokio::time::timeout(Duration::from_secs(30), released.wait_for(|done| *done >= ticket)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(NotDurable),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue<W>> {
+        self.queue.0.lock().expect("write queue lock")
     }
 }
 
@@ -105,56 +226,62 @@ impl<W> Drop for GroupCommit<W> {
     }
 }
 
-struct Writer<E, A> {
-    db: sled::Db,
-    journal: Journal,
-    encode: E,
-    apply: A,
-}
-
-impl<E, A> Writer<E, A> {
-    fn run<W>(mut self, queue: &(Mutex<Queue<W>>, Condvar), flushed: &watch::Sender<u64>)
-    where
-        E: FnMut(&[W]) -> Vec<u8>,
-        A: FnMut(Vec<W>),
-    {
-        let mut done = 0u64;
-        loop {
-            let (writes, target, checkpoint) = {
-                let (lock, cvar) = queue;
-                let mut queue = lock.lock().expect("write queue lock");
-                while queue.issued == done && !queue.shutdown {
-                    queue = cvar.wait(queue).expect("write queue lock");
-                }
-                if queue.issued == done {
-                    break;
-                }
-                (std::mem::take(&mut queue.writes), queue.issued, std::mem::take(&mut queue.checkpoint))
-            };
-            if !writes.is_empty() {
-                let record = (self.encode)(&writes);
-                if !self.journal.has_room(record.len()) {
-                    self.checkpoint();
-                }
-                // Acknowledging a write that is not durable would break the
-                // store's promise: retry until the disk takes it.
-                retry("journaling writes", || self.journal.append(&record));
-                (self.apply)(writes);
-            }
-            if checkpoint {
-                self.checkpoint();
-            }
-            done = target;
-            flushed.send_replace(done);
-        }
-        if let Err(err) = self.try_checkpoint() {
-            tracing::error!(error = %err, "final checkpoint of the document store failed; the journal is replayed at the next start");
+/// The writer thread: commits the groups of waiting tickets their holders
+/// left to it, and at shutdown whatever is still queued, then checkpoints.
+fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), released: &watch::Sender<u64>) {
+    let (lock, cvar) = queue;
+    let mut queue = lock.lock().expect("write queue lock");
+    loop {
+        let work = queue.issued > queue.committed || (queue.shutdown && !queue.writes.is_empty());
+        if work && let Some((mut committer, mut group)) = queue.take_group() {
+            drop(queue);
+            // Acknowledging a write that is not durable would break the
+            // store's promise: retry until the disk takes it.
+            retry("committing writes", || committer.try_commit(&mut group));
+            queue = lock.lock().expect("write queue lock");
+            queue.committed(committer, &group);
+            drop(queue);
+            release(released, group.ticket);
+            queue = lock.lock().expect("write queue lock");
+        } else if queue.shutdown && !work {
+            break;
+        } else {
+            queue = cvar.wait(queue).expect("write queue lock");
         }
     }
+    if let Some(committer) = queue.committer.as_mut()
+        && let Err(err) = committer.try_checkpoint()
+    {
+        tracing::error!(error = %err, "final checkpoint of the document store failed; the journal is replayed at the next start");
+    }
+}
 
-    /// Checkpoints, retrying until it succeeds.
-    fn checkpoint(&mut self) {
-        retry("checkpointing the document store", || self.try_checkpoint());
+struct Committer<W> {
+    db: sled::Db,
+    journal: Journal,
+    encode: Encode<W>,
+    apply: Apply<W>,
+}
+
+impl<W> Committer<W> {
+    /// Journals and applies `group`, then checkpoints if it asked for it,
+    /// taking from `group` what it has done. On failure what is left is
+    /// either all of it (nothing was journaled; the next append overwrites
+    /// any partial record) or only the checkpoint.
+    fn try_commit(&mut self, group: &mut Group<W>) -> Result<(), String> {
+        if !group.writes.is_empty() {
+            let record = (self.encode)(&group.writes);
+            if !self.journal.has_room(record.len()) {
+                self.try_checkpoint()?;
+            }
+            self.journal.append(&record).map_err(|e| e.to_string())?;
+            (self.apply)(std::mem::take(&mut group.writes));
+        }
+        if group.checkpoint {
+            self.try_checkpoint()?;
+            group.checkpoint = false;
+        }
+        Ok(())
     }
 
     /// Flushes sled: everything journaled is then in sled on disk, and the
@@ -163,6 +290,19 @@ impl<E, A> Writer<E, A> {
         self.db.flush().map_err(|e| format!("flushing sled: {e}"))?;
         self.journal.restart().map_err(|e| e.to_string())
     }
+}
+
+/// Wakes the holders of tickets up to `ticket`. Waking them takes a while, so
+/// it happens outside the queue lock, where a later group may be released
+/// first.
+fn release(released: &watch::Sender<u64>, ticket: u64) {
+    released.send_if_modified(|released| {
+        let later = ticket > *released;
+        if later {
+            *released = ticket;
+        }
+        later
+    });
 }
 
 /// Runs `operation` until it succeeds, logging each failure and backing off.
@@ -267,6 +407,38 @@ mod tests {
         commit.submit(|| "after");
         commit.durable().await.expect("durable");
         assert_eq!(journaled(&dir), vec!["after"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_alone_is_committed_by_its_caller_and_others_by_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(&journal_path(&dir)).expect("opening the journal");
+        let (applied_on, threads) = mpsc::channel();
+        let commit = GroupCommit::start(
+            open(&dir),
+            journal,
+            |writes: &[&'static str]| writes.join(",").into_bytes(),
+            move |_| applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver"),
+        );
+        for key in ["first", "second"] {
+            let _writing = commit.begin();
+            commit.submit(|| key);
+            commit.durable().await.expect("durable");
+        }
+        let caller = std::thread::current().name().map(String::from);
+        assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![caller.clone(), caller]);
+        assert_eq!(journaled(&dir), vec!["first", "second"]);
+        // Nothing queued: the ticket has nothing to wait for.
+        commit.durable().await.expect("durable");
+        assert!(threads.try_iter().next().is_none());
+
+        // With another write in progress, the writer thread commits.
+        let _other = commit.begin();
+        let _writing = commit.begin();
+        commit.submit(|| "third");
+        commit.durable().await.expect("durable");
+        assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![Some("store-writer".to_string())]);
+        assert_eq!(journaled(&dir), vec!["first", "second", "third"]);
     }
 
     #[test]

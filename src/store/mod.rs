@@ -137,7 +137,7 @@ struct Inner {
 }
 
 /// A cached document and its record. The record here is authoritative: it
-/// includes writes still queued for the writer thread.
+/// includes writes still queued for the group commit.
 struct CachedDoc {
     doc: Doc,
     record: DocRecord,
@@ -202,7 +202,7 @@ struct Prepared {
     json: Option<Arc<str>>,
 }
 
-/// One document write waiting for the writer thread.
+/// One document write waiting for the group commit.
 struct PendingWrite {
     /// sled key → new value (`None` removes the key), applied in order.
     ops: Vec<KeyWrite>,
@@ -312,6 +312,7 @@ impl DocumentStore {
     pub async fn put_map(&self, key: DocKey, content: &Map<String, Json>) -> Result<bool, StoreError> {
         validate::collection(&key.collection)?;
         validate::doc_id(&key.doc_id)?;
+        let _writing = self.inner.commit.begin();
         // Reconciling makes the content exactly `content`: no need to read it back.
         let json = serde_json::to_string(content).expect("JSON maps serialise");
         let changed = self.change(&key, Some(json), Some(content), |doc, record| {
@@ -350,6 +351,7 @@ impl DocumentStore {
             Some(record) if !record.deleted => {}
             _ => return Ok(false),
         }
+        let _writing = self.inner.commit.begin();
         let changed = self.change(&key, None, None, |doc, _| {
             let mut tx = doc.transaction();
             if is_deleted(&tx) {
@@ -444,7 +446,7 @@ impl DocumentStore {
     }
 
     /// The document's heads, if it exists (tombstoned or not), including
-    /// changes still queued for the writer thread.
+    /// changes still queued for the group commit.
     pub fn heads(&self, key: &DocKey) -> Result<Option<Vec<ChangeHash>>, StoreError> {
         let cached = self.inner.cache.lock().expect("cache lock").docs.get(key).map(Arc::clone);
         if let Some(cached) = cached {
@@ -562,7 +564,7 @@ impl DocumentStore {
     }
 
     /// Loads or creates the document, runs `edit` under its lock, and when the
-    /// heads moved, queues the new changes for the writer thread, which
+    /// heads moved, queues the new changes for the group commit, which
     /// persists them atomically and then publishes them. Not yet durable:
     /// callers wait for [`GroupCommit::durable`] before acknowledging.
     /// `json` is the content after the edit if known; otherwise it is read
