@@ -545,6 +545,7 @@ impl<'a> SyncLoop<'a> {
             decoded.push((DocKey::new(doc.collection, doc.doc_id), message));
         }
         let mut touched = Vec::with_capacity(decoded.len());
+        let mut refused = None;
         for (key, message) in decoded {
             // The peer may not know our heads: it (re)starts this document's
             // exchange from scratch (e.g. after dropping its sync state in
@@ -553,16 +554,23 @@ impl<'a> SyncLoop<'a> {
                 message.have.first().is_some_and(|have| have.last_sync.is_empty()) || !message.changes.is_empty();
             self.trim_states();
             let state = self.states.entry(key.clone()).or_default();
-            self.shared.store.receive_sync_message(&key, state, message, &self.peer_id).map_err(|e| match e {
-                crate::store::StoreError::Automerge(e) => {
-                    SessionEnd::Protocol(format!("invalid changes for {key}: {e}"))
-                }
-                other => SessionEnd::Store(other),
-            })?;
+            if let Err(e) = self.shared.store.receive_sync_message(&key, state, message, &self.peer_id) {
+                refused = Some(match e {
+                    crate::store::StoreError::Automerge(e) => {
+                        SessionEnd::Protocol(format!("invalid changes for {key}: {e}"))
+                    }
+                    other => SessionEnd::Store(other),
+                });
+                break;
+            }
             touched.push((key, peer_starts_over));
         }
         // Replies acknowledge what we hold, so they wait until it is on disk.
+        // The documents applied before a refused one are committed too.
         self.shared.store.flush().await?;
+        if let Some(end) = refused {
+            return Err(end);
+        }
         for (key, peer_starts_over) in touched {
             if !self.offer(&key)?
                 && peer_starts_over

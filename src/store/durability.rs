@@ -64,9 +64,9 @@ impl<W> Queue<W> {
         self.committed = group.ticket;
     }
 
-    /// Hands back the committer and the group it could not commit: its
-    /// writes go back to the front of the queue, still in submission order.
-    fn failed(&mut self, committer: Committer<W>, group: Group<W>) {
+    /// Hands back the committer and the group it did not commit: its writes
+    /// go back to the front of the queue, still in submission order.
+    fn hand_back(&mut self, committer: Committer<W>, group: Group<W>) {
         self.committer = Some(committer);
         self.writes.splice(0..0, group.writes);
         self.checkpoint |= group.checkpoint;
@@ -168,21 +168,24 @@ impl<W: Send + 'static> GroupCommit<W> {
             queue.issued += 1;
             queue.checkpoint |= checkpoint;
             let ticket = queue.issued;
-            // Writes come one at a time: no other is in progress, and the last
+            // Checkpoints (sled flushes take milliseconds) are left to the
+            // writer thread. Writes come one at a time: no other is in progress, and the last
             // group held one. (Under load, a write committed alone would make
             // those about to queue wait for a second sync.)
             let one_at_a_time = self.in_progress.load(Ordering::Relaxed) <= 1 && queue.last_group_len <= 1;
             if idle
                 && one_at_a_time
+                && !queue.checkpoint
                 && let Some((mut committer, mut group)) = queue.take_group()
             {
-                // Commit in place, on this thread. On failure the writer
-                // thread takes over, retrying until the disk takes it.
+                // Commit in place, on this thread. If the journal is full, or
+                // on failure, the writer thread takes over (retrying until
+                // the disk takes it).
                 drop(queue);
-                let outcome = committer.try_commit(&mut group);
+                let outcome = committer.try_commit(&mut group, false);
                 queue = self.lock();
                 match outcome {
-                    Ok(()) => {
+                    Ok(true) => {
                         queue.committed(committer, &group);
                         if queue.issued > queue.committed {
                             // Tickets taken meanwhile were left to the writer thread.
@@ -192,9 +195,10 @@ impl<W: Send + 'static> GroupCommit<W> {
                         release(&self.released.0, group.ticket);
                         return Ok(());
                     }
+                    Ok(false) => queue.hand_back(committer, group),
                     Err(err) => {
                         tracing::error!(error = %err, "committing writes failed; retrying");
-                        queue.failed(committer, group);
+                        queue.hand_back(committer, group);
                     }
                 }
             }
@@ -237,7 +241,7 @@ fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), released: &watch:
             drop(queue);
             // Acknowledging a write that is not durable would break the
             // store's promise: retry until the disk takes it.
-            retry("committing writes", || committer.try_commit(&mut group));
+            retry("committing writes", || committer.try_commit(&mut group, true));
             queue = lock.lock().expect("write queue lock");
             queue.committed(committer, &group);
             drop(queue);
@@ -265,13 +269,17 @@ struct Committer<W> {
 
 impl<W> Committer<W> {
     /// Journals and applies `group`, then checkpoints if it asked for it,
-    /// taking from `group` what it has done. On failure what is left is
-    /// either all of it (nothing was journaled; the next append overwrites
-    /// any partial record) or only the checkpoint.
-    fn try_commit(&mut self, group: &mut Group<W>) -> Result<(), String> {
+    /// taking from `group` what it has done. Returns `false`, having done
+    /// nothing, if the journal is full and `may_checkpoint` is not set. On
+    /// failure what is left is either all of it (nothing was journaled; the
+    /// next append overwrites any partial record) or only the checkpoint.
+    fn try_commit(&mut self, group: &mut Group<W>, may_checkpoint: bool) -> Result<bool, String> {
         if !group.writes.is_empty() {
             let record = (self.encode)(&group.writes);
             if !self.journal.has_room(record.len()) {
+                if !may_checkpoint {
+                    return Ok(false);
+                }
                 self.try_checkpoint()?;
             }
             self.journal.append(&record).map_err(|e| e.to_string())?;
@@ -281,7 +289,7 @@ impl<W> Committer<W> {
             self.try_checkpoint()?;
             group.checkpoint = false;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Flushes sled: everything journaled is then in sled on disk, and the
@@ -426,7 +434,7 @@ mod tests {
             commit.durable().await.expect("durable");
         }
         let caller = std::thread::current().name().map(String::from);
-        assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![caller.clone(), caller]);
+        assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![caller.clone(), caller.clone()]);
         assert_eq!(journaled(&dir), vec!["first", "second"]);
         // Nothing queued: the ticket has nothing to wait for.
         commit.durable().await.expect("durable");
@@ -439,6 +447,23 @@ mod tests {
         commit.durable().await.expect("durable");
         assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![Some("store-writer".to_string())]);
         assert_eq!(journaled(&dir), vec!["first", "second", "third"]);
+        drop((_other, _writing));
+
+        // A checkpoint (a sled flush) is left to the writer thread too.
+        commit.submit(|| "fourth");
+        commit.checkpoint().await.expect("checkpoint");
+        assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![Some("store-writer".to_string())]);
+        assert!(journaled(&dir).is_empty(), "the checkpoint restarted the journal");
+
+        // So is a write the journal has no room for: it needs a checkpoint first.
+        let big: &'static str = "x".repeat(crate::store::journal::CAPACITY_BYTES as usize / 2 + 1).leak();
+        for expected_thread in [caller.clone(), Some("store-writer".to_string())] {
+            let _writing = commit.begin();
+            commit.submit(|| big);
+            commit.durable().await.expect("durable");
+            assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![expected_thread]);
+        }
+        assert_eq!(journaled(&dir).len(), 1);
     }
 
     #[test]

@@ -27,7 +27,7 @@ const RECORD_HEADER_BYTES: usize = 16;
 /// The file grows by this many zeroed bytes at a time...
 const GROWTH_BYTES: u64 = 1 << 20;
 /// ...up to this size; then the store checkpoints and the journal starts over.
-const CAPACITY_BYTES: u64 = 16 << 20;
+pub(super) const CAPACITY_BYTES: u64 = 16 << 20;
 
 pub struct Journal {
     file: File,

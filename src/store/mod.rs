@@ -484,8 +484,9 @@ impl DocumentStore {
         Ok(doc.generate_sync_message(state))
     }
 
-    /// Applies a peer's sync message, persisting and publishing any new
-    /// changes. Not yet durable: call [`Self::flush`] before acknowledging.
+    /// Applies a peer's sync message, queueing any new changes to be
+    /// persisted and published by the next [`Self::flush`], which callers
+    /// must await (before acknowledging).
     pub fn receive_sync_message(
         &self,
         key: &DocKey,
@@ -542,7 +543,8 @@ impl DocumentStore {
         Ok(id)
     }
 
-    /// Flushes everything to disk (used at shutdown).
+    /// Waits until every write queued so far is committed: on disk, in
+    /// sled and published.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.inner.commit.durable().await?;
         Ok(())
