@@ -6,7 +6,9 @@
 //! the group covered, so concurrent requests share one disk round trip. When
 //! writes come one at a time, each is committed by its own caller, saving two
 //! thread hand-offs; otherwise the store's writer thread commits, so the
-//! async runtime's threads keep serving requests while the disk syncs. sled itself is flushed only at checkpoints; see [`super::journal`].
+//! async runtime's threads keep serving requests while the disk syncs. sled
+//! itself is flushed only at checkpoints, on the writer thread; see
+//! [`super::journal`].
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -168,10 +170,10 @@ impl<W: Send + 'static> GroupCommit<W> {
             queue.issued += 1;
             queue.checkpoint |= checkpoint;
             let ticket = queue.issued;
-            // Checkpoints (sled flushes take milliseconds) are left to the
-            // writer thread. Writes come one at a time: no other is in progress, and the last
-            // group held one. (Under load, a write committed alone would make
-            // those about to queue wait for a second sync.)
+            // Writes come one at a time when no other is in progress and the
+            // last group held one. (Under load, a write committed alone would
+            // make those about to queue wait for a second sync.) Checkpoints
+            // are left to the writer thread: sled flushes take milliseconds.
             let one_at_a_time = self.in_progress.load(Ordering::Relaxed) <= 1 && queue.last_group_len <= 1;
             if idle
                 && one_at_a_time
