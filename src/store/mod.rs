@@ -312,10 +312,9 @@ impl DocumentStore {
     pub async fn put_map(&self, key: DocKey, content: &Map<String, Json>) -> Result<bool, StoreError> {
         validate::collection(&key.collection)?;
         validate::doc_id(&key.doc_id)?;
-        let _writing = self.inner.commit.begin();
         // Reconciling makes the content exactly `content`: no need to read it back.
         let json = serde_json::to_string(content).expect("JSON maps serialise");
-        let changed = self.change(&key, Some(json), Some(content), |doc, record| {
+        self.change(&key, Some(json), Some(content), |doc, record| {
             let mut tx = doc.transaction();
             let data = data_object(&mut tx)?;
             // The record holds the current content of a live document: only
@@ -335,11 +334,8 @@ impl DocumentStore {
                 tx.put(ROOT, DELETED_KEY, false)?;
             }
             Ok(tx.commit().0.is_some())
-        })?;
-        if changed {
-            self.inner.commit.durable().await?;
-        }
-        Ok(changed)
+        })
+        .await
     }
 
     /// Tombstones a document (a no-op when it does not exist). Returns whether it existed.
@@ -351,8 +347,7 @@ impl DocumentStore {
             Some(record) if !record.deleted => {}
             _ => return Ok(false),
         }
-        let _writing = self.inner.commit.begin();
-        let changed = self.change(&key, None, None, |doc, _| {
+        self.change(&key, None, None, |doc, _| {
             let mut tx = doc.transaction();
             if is_deleted(&tx) {
                 return Ok(false);
@@ -363,11 +358,8 @@ impl DocumentStore {
             json::reconcile_map(&mut tx, &data, &Map::new())?;
             tx.put(ROOT, DELETED_KEY, true)?;
             Ok(tx.commit().0.is_some())
-        })?;
-        if changed {
-            self.inner.commit.durable().await?;
-        }
-        Ok(changed)
+        })
+        .await
     }
 
     /// The document's current JSON, or `None` if it does not exist or is deleted.
@@ -550,19 +542,27 @@ impl DocumentStore {
         Ok(())
     }
 
-    /// Runs a local edit on the document (creating it if needed) and persists it.
+    /// Runs a local edit on the document (creating it if needed) and waits
+    /// until it is durable. Returns whether anything changed.
     /// `json` is the content the edit leaves, when the caller knows it.
-    fn change(
+    async fn change(
         &self,
         key: &DocKey,
         json: Option<String>,
         create: Option<&Map<String, Json>>,
         edit: impl FnOnce(&mut Automerge, &DocRecord) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
-        self.apply(key, Origin::Local, json, create, |doc, record| {
+        // In progress from before the edit, so that a concurrent write's
+        // ticket knows it is not alone.
+        let _writing = self.inner.commit.begin();
+        let changed = self.apply(key, Origin::Local, json, create, |doc, record| {
             doc.set_actor(self.inner.actor.clone());
             edit(doc, record)
-        })
+        })?;
+        if changed {
+            self.inner.commit.durable().await?;
+        }
+        Ok(changed)
     }
 
     /// Loads or creates the document, runs `edit` under its lock, and when the
