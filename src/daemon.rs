@@ -60,6 +60,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let api = Arc::new(Api::new(store.clone(), Arc::clone(&node), mesh, shutdown_rx));
     let router = api.register(Router::new());
     let (router, health) = connectrpc_health::install_static(router, [PEAT_SIDECAR_SERVICE_NAME]);
+    let watcher_health = agent_watcher.as_ref().map(|watcher| watcher.report_health(Arc::clone(&health)));
     let mut reflector = connectrpc_reflection::Reflector::from_descriptor_set_bytes(DESCRIPTOR_SET)
         .context("loading the API descriptor set for reflection")?;
     reflector
@@ -103,6 +104,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown.await;
         signalled_node.set_phase(Phase::ShuttingDown);
         systemd::notify("STOPPING=1");
+        if let Some(reporter) = watcher_health {
+            // Stopped first, so that no later poll marks the watcher serving again.
+            reporter.abort();
+            let _ = reporter.await;
+        }
         health.shutdown();
         let _ = shutdown_tx.send(true);
     })

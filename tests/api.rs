@@ -287,6 +287,12 @@ fn health_and_reflection_are_served() {
             let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
             assert_eq!(json, serde_json::json!({"status":"SERVING"}), "service {service:?}");
         }
+        // The watcher's health service exists only when the watcher runs.
+        let body = serde_json::json!({ "service": "agent-watcher" }).to_string().into_bytes();
+        let headers = [("content-type", "application/json")];
+        let response = raw_post(&sidecar, false, "/grpc.health.v1.Health/Check", &headers, body).await;
+        assert_eq!(response.status, 404, "{}", response.body_text());
+        assert!(response.body_text().contains("not_found"), "{}", response.body_text());
         // gRPC over h2c, as grpc_health_probe sends it: empty HealthCheckRequest,
         // answer `status: SERVING` (field 1 = 1).
         let response = raw_post(

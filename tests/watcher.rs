@@ -397,11 +397,12 @@ async fn a_hung_agent_times_out_without_blocking_shutdown() {
 }
 
 /// The real binary, configured through a config file, serving what it read
-/// from the agent over its API; one warning per state change; clean SIGTERM.
+/// from the agent over its API and the agent's state as a health check; one
+/// log line per state change; clean SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_agent_state_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = AgentDouble::start_h2c(sample_agent()).await;
+    let mut agent = AgentDouble::start_h2c(sample_agent()).await;
     let config_file = dir.path().join("config.yaml");
     std::fs::write(&config_file, format!("agent_addr: \"{}\"\nagent_poll_interval: \"200ms\"\n", agent.url())).unwrap();
     let started = Instant::now();
@@ -417,6 +418,23 @@ async fn binary_serves_agent_state_through_the_api() {
     let platform = sidecar.get("platforms", "edge-1").await.unwrap();
     assert_eq!(platform["platform_type"], "uds-remote-agent");
     assert_eq!(platform["agent_id"], "edge-1");
+    assert_eq!(sidecar.health("agent-watcher").await, "SERVING");
+
+    // The agent goes away: health checks of the watcher say so, the sidecar's own do not.
+    agent.stop().await;
+    let deadline = Instant::now() + WAIT;
+    while sidecar.health("agent-watcher").await != "NOT_SERVING" {
+        assert!(Instant::now() < deadline, "the watcher's health never turned; log:\n{}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sidecar.health("").await, "SERVING");
+    agent.restart().await;
+    let deadline = Instant::now() + WAIT;
+    while sidecar.health("agent-watcher").await != "SERVING" {
+        assert!(Instant::now() < deadline, "the watcher's health never recovered; log:\n{}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let mut deployments = sidecar.list("deployments").await;
     deployments.sort();
     assert_eq!(deployments, ["edge-1:podinfo", "edge-1:uds-core"]);
@@ -438,12 +456,15 @@ async fn binary_serves_agent_state_through_the_api() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(sidecar.list("packages").await.len(), 2, "packages kept while their endpoint is malformed");
+    assert_eq!(sidecar.health("agent-watcher").await, "SERVING", "degraded: the agent still answers");
 
     let (status, took) = sidecar.terminate();
     let log = sidecar.log();
     assert!(status.success(), "exit status {status}; log:\n{log}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
-    assert_eq!(log.matches("agent watcher: agent is up").count(), 1, "log:\n{log}");
+    for once in ["agent watcher: agent is up", "agent unreachable", "agent watcher: agent recovered"] {
+        assert_eq!(log.matches(once).count(), 1, "{once:?}; log:\n{log}");
+    }
     assert_eq!(
         log.matches("part of its state could not be read or stored").count(),
         1,

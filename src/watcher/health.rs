@@ -5,8 +5,18 @@
 //! ...), not on every failed poll; recovery is logged at info. While the
 //! agent is down, polls back off exponentially from the poll interval up to
 //! the configured maximum, so a missing agent costs almost nothing.
+//!
+//! Health checks see the state too: the `grpc.health.v1` service
+//! [`HEALTH_SERVICE`] is SERVING while the agent answers (up or degraded)
+//! and NOT_SERVING before the first poll and while it is down.
 
 use std::time::{Duration, SystemTime};
+
+use connectrpc_health::Status;
+
+/// The health-check service name of the watcher (registered only when the
+/// watcher runs): `grpc_health_probe -service=agent-watcher`.
+pub const HEALTH_SERVICE: &str = "agent-watcher";
 
 /// The watcher's view of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +39,15 @@ impl AgentState {
             AgentState::Up => "up",
             AgentState::Degraded { .. } => "degraded",
             AgentState::Down => "down",
+        }
+    }
+
+    /// The health-check status of this state. Degraded counts as serving:
+    /// the agent answers, and what failed is logged.
+    pub fn check_status(&self) -> Status {
+        match self {
+            AgentState::Up | AgentState::Degraded { .. } => Status::Serving,
+            AgentState::Starting | AgentState::Down => Status::NotServing,
         }
     }
 }

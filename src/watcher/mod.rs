@@ -9,7 +9,7 @@
 //! - [`agent_api`] and [`agent_types`]: the agent's endpoints and JSON shapes
 //! - [`documents`]: the documents written and their ids
 //! - [`publish`]: writing without churn, tombstoning what disappeared
-//! - [`health`]: state, state-change logging, backoff
+//! - [`health`]: state, state-change logging, backoff, the health-check status
 //! - [`poller`]: the loop tying it together
 
 pub mod agent_api;
@@ -22,10 +22,13 @@ pub mod settings;
 pub mod tls;
 pub mod transport;
 
+use std::sync::Arc;
+
+use connectrpc_health::StaticChecker;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use health::{AgentState, WatcherHealth};
+pub use health::{AgentState, HEALTH_SERVICE, WatcherHealth};
 pub use settings::WatcherConfig;
 
 use crate::store::DocumentStore;
@@ -57,6 +60,19 @@ impl Watcher {
     /// The latest health; `changed()` on the receiver wakes after every poll.
     pub fn health(&self) -> watch::Receiver<WatcherHealth> {
         self.health.clone()
+    }
+
+    /// Reports the agent's state as the `grpc.health.v1` service
+    /// [`HEALTH_SERVICE`] of `checker` until the returned task is aborted.
+    pub fn report_health(&self, checker: Arc<StaticChecker>) -> JoinHandle<()> {
+        let mut health = self.health();
+        let _ = checker.register_with_status(HEALTH_SERVICE, health.borrow().state.check_status());
+        tokio::spawn(async move {
+            while health.changed().await.is_ok() {
+                let status = health.borrow_and_update().state.check_status();
+                checker.set_status(HEALTH_SERVICE, status).expect("registered above");
+            }
+        })
     }
 
     /// Stops polling (abandoning an in-flight call) and waits for the task to end.

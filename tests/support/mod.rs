@@ -347,8 +347,19 @@ pub async fn raw_post(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> RawResponse {
-    let hostport = sidecar.addr.strip_prefix("tcp://").expect("a TCP sidecar").to_owned();
-    let stream = tokio::net::TcpStream::connect(&hostport).await.expect("connecting to the sidecar");
+    let hostport = sidecar.addr.strip_prefix("tcp://").expect("a TCP sidecar");
+    raw_post_to(hostport, http2, path, headers, body).await
+}
+
+/// [`raw_post`] to the API at `hostport`.
+pub async fn raw_post_to(
+    hostport: &str,
+    http2: bool,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> RawResponse {
+    let stream = tokio::net::TcpStream::connect(hostport).await.expect("connecting to the sidecar");
     let io = TokioIo::new(stream);
     let mut request = http::Request::post(format!("http://{hostport}{path}"));
     for (name, value) in headers {

@@ -82,6 +82,18 @@ impl Sidecar {
         (stats.bytes_sent, stats.bytes_received)
     }
 
+    /// The `grpc.health.v1` status of `service` as Connect JSON names it
+    /// (`SERVING`, `NOT_SERVING`), or the error code (`not_found`).
+    pub async fn health(&self, service: &str) -> String {
+        let hostport = self.api.strip_prefix("tcp://").expect("a TCP sidecar");
+        let body = serde_json::json!({ "service": service }).to_string().into_bytes();
+        let headers = [("content-type", "application/json")];
+        let response = super::raw_post_to(hostport, false, "/grpc.health.v1.Health/Check", &headers, body).await;
+        let json: serde_json::Value = serde_json::from_slice(&response.body).expect("a JSON answer");
+        let field = if response.status.is_success() { "status" } else { "code" };
+        json[field].as_str().unwrap_or_else(|| panic!("no {field} in {json}")).to_owned()
+    }
+
     /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let mut child = self.child.take().expect("running");
