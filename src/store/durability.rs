@@ -8,9 +8,10 @@
 //! thread hand-offs; otherwise the store's writer thread commits, so the
 //! async runtime's threads keep serving requests while the disk syncs. sled
 //! itself is flushed only at checkpoints, on the writer thread; see
-//! [`super::journal`].
+//! [`super::journal`]. A group that fails to commit (a full disk) is retried
+//! by the writer thread until it succeeds, and its waiters are told at once
+//! that their writes are not acknowledged.
 
-use std::fmt::Display;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use super::journal::Journal;
 
 type Encode<W> = Box<dyn FnMut(&[W]) -> Vec<u8> + Send>;
-type Apply<W> = Box<dyn FnMut(Vec<W>) + Send>;
+type Apply<W> = Box<dyn FnMut(&mut Vec<W>) -> Result<(), String> + Send>;
 
 struct Queue<W> {
     /// Tickets handed out, and the last ticket whose writes are committed.
@@ -77,11 +78,27 @@ impl<W> Queue<W> {
 
 type Shared<W> = Arc<(Mutex<Queue<W>>, Condvar)>;
 
+/// How long a ticket waits before its write is reported as not durable.
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pauses between attempts at a group that failed to commit.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const LAST_RETRY: Duration = Duration::from_secs(1);
+
+/// What waiting tickets learn from committers.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// The last ticket whose writes are committed.
+    released: u64,
+    /// The last ticket whose writes an attempt failed to commit, and why.
+    failed: u64,
+    error: Option<Arc<str>>,
+}
+
 pub struct GroupCommit<W> {
     queue: Shared<W>,
-    /// The last ticket released; a receiver is kept so that tickets never
-    /// drop the last one (which wakes the sender's waiters).
-    released: (watch::Sender<u64>, watch::Receiver<u64>),
+    /// A receiver is kept so that tickets never drop the last one (which
+    /// wakes the sender's waiters).
+    progress: (watch::Sender<Progress>, watch::Receiver<Progress>),
     /// Writes in progress: from [`Self::begin`] until after their ticket.
     in_progress: AtomicUsize,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -98,14 +115,16 @@ impl Drop for Writing<'_> {
 
 impl<W: Send + 'static> GroupCommit<W> {
     /// Starts the writer thread. Each group of writes is journaled as the
-    /// record `encode` makes of it and then handed to `apply`, which must not
-    /// return before the writes are in `db` (it retries on its own: a write
-    /// that was journaled cannot be taken back).
+    /// record `encode` makes of it and then handed to `apply`, which puts
+    /// them in `db` and takes them out of the group, or fails and leaves
+    /// the group as it was, to be journaled and applied again by the writer
+    /// thread (so `apply` must be repeatable: the same writes applied again
+    /// leave the same state).
     pub fn start(
         db: sled::Db,
         journal: Journal,
         encode: impl FnMut(&[W]) -> Vec<u8> + Send + 'static,
-        apply: impl FnMut(Vec<W>) + Send + 'static,
+        apply: impl FnMut(&mut Vec<W>) -> Result<(), String> + Send + 'static,
     ) -> Self {
         let committer = Committer { db, journal, encode: Box::new(encode), apply: Box::new(apply) };
         let queue = Queue {
@@ -118,15 +137,15 @@ impl<W: Send + 'static> GroupCommit<W> {
             committer: Some(committer),
         };
         let queue = Arc::new((Mutex::new(queue), Condvar::new()));
-        let released = watch::channel(0u64);
+        let progress = watch::channel(Progress::default());
         let thread = {
-            let (queue, released) = (Arc::clone(&queue), released.0.clone());
+            let (queue, progress) = (Arc::clone(&queue), progress.0.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || write_until_shutdown(&queue, &released))
+                .spawn(move || write_until_shutdown(&queue, &progress))
                 .expect("spawning the store writer thread")
         };
-        Self { queue, released, in_progress: AtomicUsize::new(0), thread: Some(thread) }
+        Self { queue, progress, in_progress: AtomicUsize::new(0), thread: Some(thread) }
     }
 
     /// Marks a write as in progress until the returned guard drops (after
@@ -148,7 +167,10 @@ impl<W: Send + 'static> GroupCommit<W> {
         queue.writes.push(write);
     }
 
-    /// Waits until everything submitted before this call is on disk.
+    /// Waits until everything submitted before this call is on disk. An
+    /// error says the writes are not acknowledged: an attempt to commit them
+    /// failed (they are retried, so they may still be applied) or none
+    /// succeeded in time.
     pub async fn durable(&self) -> Result<(), NotDurable> {
         self.ticket(false).await
     }
@@ -182,7 +204,7 @@ impl<W: Send + 'static> GroupCommit<W> {
             {
                 // Commit in place, on this thread. If the journal is full, or
                 // on failure, the writer thread takes over (retrying until
-                // the disk takes it).
+                // the disk takes it; this thread must not wait for that).
                 drop(queue);
                 let outcome = committer.try_commit(&mut group, false);
                 queue = self.lock();
@@ -194,23 +216,26 @@ impl<W: Send + 'static> GroupCommit<W> {
                             self.queue.1.notify_one();
                         }
                         drop(queue);
-                        release(&self.released.0, group.ticket);
+                        release(&self.progress.0, group.ticket);
                         return Ok(());
                     }
                     Ok(false) => queue.hand_back(committer, group),
                     Err(err) => {
                         tracing::error!(error = %err, "committing writes failed; retrying");
                         queue.hand_back(committer, group);
+                        fail(&self.progress.0, ticket, &err);
                     }
                 }
             }
             self.queue.1.notify_one();
             ticket
         };
-        let mut released = self.released.1.clone();
-        match tokio::time::timeout(Duration::from_secs(30), released.wait_for(|done| *done >= ticket)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(NotDurable),
+        let mut progress = self.progress.1.clone();
+        let settled = progress.wait_for(|p| p.released >= ticket || p.failed >= ticket);
+        match tokio::time::timeout(DURABLE_TIMEOUT, settled).await {
+            Ok(Ok(p)) if p.released >= ticket => Ok(()),
+            Ok(Ok(p)) => Err(NotDurable::Failed(p.error.clone().unwrap_or_else(|| "unknown error".into()))),
+            _ => Err(NotDurable::TimedOut),
         }
     }
 
@@ -234,20 +259,41 @@ impl<W> Drop for GroupCommit<W> {
 
 /// The writer thread: commits the groups of waiting tickets their holders
 /// left to it, and at shutdown whatever is still queued, then checkpoints.
-fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), released: &watch::Sender<u64>) {
+/// A group that fails goes back to the queue and is tried again, with what
+/// was queued since, after a pause: a write is acknowledged only once it is
+/// durable, and the disk may recover (a full disk, freed). At shutdown the
+/// first failure ends the retries: those writes were never acknowledged.
+fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), progress: &watch::Sender<Progress>) {
     let (lock, cvar) = queue;
+    let mut pause = FIRST_RETRY;
     let mut queue = lock.lock().expect("write queue lock");
     loop {
         let work = queue.issued > queue.committed || (queue.shutdown && !queue.writes.is_empty());
         if work && let Some((mut committer, mut group)) = queue.take_group() {
             drop(queue);
-            // Acknowledging a write that is not durable would break the
-            // store's promise: retry until the disk takes it.
-            retry("committing writes", || committer.try_commit(&mut group, true));
+            let outcome = committer.try_commit(&mut group, true);
             queue = lock.lock().expect("write queue lock");
-            queue.committed(committer, &group);
-            drop(queue);
-            release(released, group.ticket);
+            match outcome {
+                Ok(_) => {
+                    pause = FIRST_RETRY;
+                    queue.committed(committer, &group);
+                    drop(queue);
+                    release(progress, group.ticket);
+                }
+                Err(err) => {
+                    let ticket = group.ticket;
+                    queue.hand_back(committer, group);
+                    if queue.shutdown {
+                        tracing::error!(error = %err, "committing writes failed at shutdown; they were not acknowledged");
+                        break;
+                    }
+                    tracing::error!(error = %err, "committing writes failed; retrying");
+                    drop(queue);
+                    fail(progress, ticket, &err);
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(LAST_RETRY);
+                }
+            }
             queue = lock.lock().expect("write queue lock");
         } else if queue.shutdown && !work {
             break;
@@ -273,8 +319,10 @@ impl<W> Committer<W> {
     /// Journals and applies `group`, then checkpoints if it asked for it,
     /// taking from `group` what it has done. Returns `false`, having done
     /// nothing, if the journal is full and `may_checkpoint` is not set. On
-    /// failure what is left is either all of it (nothing was journaled; the
-    /// next append overwrites any partial record) or only the checkpoint.
+    /// failure what is left is either all of it or only the checkpoint.
+    /// Doing all of it again is safe: a record cut short is overwritten by
+    /// the next append, and a group journaled and applied twice leaves every
+    /// key with its last value, as once would.
     fn try_commit(&mut self, group: &mut Group<W>, may_checkpoint: bool) -> Result<bool, String> {
         if !group.writes.is_empty() {
             let record = (self.encode)(&group.writes);
@@ -285,7 +333,7 @@ impl<W> Committer<W> {
                 self.try_checkpoint()?;
             }
             self.journal.append(&record).map_err(|e| e.to_string())?;
-            (self.apply)(std::mem::take(&mut group.writes));
+            (self.apply)(&mut group.writes)?;
         }
         if group.checkpoint {
             self.try_checkpoint()?;
@@ -305,35 +353,32 @@ impl<W> Committer<W> {
 /// Wakes the holders of tickets up to `ticket`. Waking them takes a while, so
 /// it happens outside the queue lock, where a later group may be released
 /// first.
-fn release(released: &watch::Sender<u64>, ticket: u64) {
-    released.send_if_modified(|released| {
-        let later = ticket > *released;
+fn release(progress: &watch::Sender<Progress>, ticket: u64) {
+    progress.send_if_modified(|progress| {
+        let later = ticket > progress.released;
         if later {
-            *released = ticket;
+            progress.released = ticket;
         }
         later
     });
 }
 
-/// Runs `operation` until it succeeds, logging each failure and backing off.
-pub fn retry<T, E: Display>(what: &str, mut operation: impl FnMut() -> Result<T, E>) -> T {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        match operation() {
-            Ok(value) => return value,
-            Err(err) => {
-                tracing::error!(error = %err, "{what} failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+/// Tells the holders of tickets up to `ticket` that committing their writes failed.
+fn fail(progress: &watch::Sender<Progress>, ticket: u64, error: &str) {
+    progress.send_modify(|progress| {
+        progress.failed = progress.failed.max(ticket);
+        progress.error = Some(error.into());
+    });
 }
 
-/// The store could not confirm durability in time.
+/// A write the store could not confirm as durable; it is not acknowledged.
 #[derive(Debug, thiserror::Error)]
-#[error("the document store could not make the write durable in time")]
-pub struct NotDurable;
+pub enum NotDurable {
+    #[error("the document store could not make the write durable ({0}); it is retried, so it may still be applied")]
+    Failed(Arc<str>),
+    #[error("the document store could not make the write durable in time")]
+    TimedOut,
+}
 
 #[cfg(test)]
 mod tests {
@@ -368,11 +413,12 @@ mod tests {
             db.clone(),
             journal,
             |writes: &[&'static str]| writes.join(",").into_bytes(),
-            move |writes: Vec<&'static str>| {
-                for key in &writes {
+            move |writes: &mut Vec<&'static str>| {
+                for key in writes.iter() {
                     tree.insert(key, "v").expect("insert");
                 }
-                applied.send(writes).expect("test receiver");
+                applied.send(std::mem::take(writes)).expect("test receiver");
+                Ok(())
             },
         );
         (commit, groups)
@@ -428,7 +474,11 @@ mod tests {
             open(&dir),
             journal,
             |writes: &[&'static str]| writes.join(",").into_bytes(),
-            move |_| applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver"),
+            move |writes: &mut Vec<&'static str>| {
+                writes.clear();
+                applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
+                Ok(())
+            },
         );
         for key in ["first", "second"] {
             let _writing = commit.begin();
@@ -466,6 +516,40 @@ mod tests {
             assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![expected_thread]);
         }
         assert_eq!(journaled(&dir).len(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_group_that_fails_to_apply_is_retried_by_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(&journal_path(&dir)).expect("opening the journal");
+        let (attempted_on, attempts) = mpsc::channel();
+        let mut failures = 1;
+        let commit = GroupCommit::start(
+            open(&dir),
+            journal,
+            |writes: &[&'static str]| writes.join(",").into_bytes(),
+            move |writes: &mut Vec<&'static str>| {
+                attempted_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
+                if failures > 0 {
+                    failures -= 1;
+                    return Err("No space left on device".into());
+                }
+                writes.clear();
+                Ok(())
+            },
+        );
+        let writing = commit.begin();
+        commit.submit(|| "w");
+        // The caller's own attempt fails: it is told so at once (it does not
+        // retry on an async runtime thread), and the writer thread retries.
+        let err = commit.durable().await.expect_err("the attempt failed");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        drop(writing);
+        commit.durable().await.expect("durable once the retry applied it");
+        let caller = std::thread::current().name().map(String::from);
+        assert_eq!(attempts.try_iter().collect::<Vec<_>>(), vec![caller, Some("store-writer".to_string())]);
+        // Each attempt journaled the group; replaying both is harmless.
+        assert_eq!(journaled(&dir), vec!["w", "w"]);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use record::{DocRecord, KeyWrite};
 pub use validate::InvalidField;
 
 use crypto::Cipher;
-use durability::{GroupCommit, retry};
+use durability::GroupCommit;
 use journal::Journal;
 
 /// Root key of the document's JSON content.
@@ -559,9 +559,10 @@ impl DocumentStore {
             doc.set_actor(self.inner.actor.clone());
             edit(doc, record)
         })?;
-        if changed {
-            self.inner.commit.durable().await?;
-        }
+        // Also when nothing changed: the document may already hold this
+        // content through a write that is queued, or being retried, and not
+        // yet durable; acknowledging must wait for it.
+        self.inner.commit.durable().await?;
         Ok(changed)
     }
 
@@ -756,24 +757,26 @@ impl DocumentStore {
     }
 }
 
-/// Applies a group of journaled writes to sled (retrying until sled accepts
-/// them: the writes are already visible in memory), advances the applied log
-/// head and publishes the changes in log order.
+/// Applies a group of journaled writes to sled, advances the applied log
+/// head and publishes the changes in log order, taking them out of `writes`.
+/// On failure `writes` is left whole for the group commit to retry: the
+/// writes are already visible in memory and cannot be taken back.
 fn apply_group(
     docs: &sled::Tree,
     feed: &broadcast::Sender<DocumentChange>,
     log_head: &AtomicU64,
-    writes: Vec<PendingWrite>,
-) {
+    writes: &mut Vec<PendingWrite>,
+) -> Result<(), String> {
     for write in writes.iter().flat_map(|write| &write.ops) {
-        retry("writing to the document store", || write_key(docs, write));
+        write_key(docs, write).map_err(|e| format!("writing to the document store: {e}"))?;
     }
     if let Some(last) = writes.last() {
         log_head.store(last.change.log_seq, Ordering::Release);
     }
-    for write in writes {
+    for write in writes.drain(..) {
         let _ = feed.send(write.change);
     }
+    Ok(())
 }
 
 fn write_key(docs: &sled::Tree, (key, value): &KeyWrite) -> sled::Result<()> {
