@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use connectrpc::{ConnectRpcService, Limits, Router};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -79,10 +79,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut storage_failure = store.storage_failure();
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
             _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+            // A restart recovers every acknowledged write from the journal;
+            // staying up would refuse every write.
+            Ok(_) = storage_failure.wait_for(Option::is_some) => {
+                tracing::error!("the document store cannot write any more; shutting down to be restarted");
+            }
         }
     };
 
@@ -119,6 +125,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     if let Some(agent_watcher) = agent_watcher {
         agent_watcher.stop().await;
+    }
+    if let Some(failure) = store.storage_failure().borrow().clone() {
+        bail!("the document store failed and must be reopened: {failure}");
     }
     store.flush().await.context("flushing the store at shutdown")?;
     tracing::info!("stopped");

@@ -101,6 +101,8 @@ pub struct GroupCommit<W> {
     progress: (watch::Sender<Progress>, watch::Receiver<Progress>),
     /// Writes in progress: from [`Self::begin`] until after their ticket.
     in_progress: AtomicUsize,
+    /// Set once sled can no longer write at all; see [`Self::storage_failure`].
+    storage_failure: watch::Receiver<Option<Arc<str>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -120,13 +122,15 @@ impl<W: Send + 'static> GroupCommit<W> {
     /// the group as it was, to be journaled and applied again by the writer
     /// thread (so `apply` must be repeatable: the same writes applied again
     /// leave the same state).
+    /// `config` is the one `db` was opened with.
     pub fn start(
         db: sled::Db,
+        config: sled::Config,
         journal: Journal,
         encode: impl FnMut(&[W]) -> Vec<u8> + Send + 'static,
         apply: impl FnMut(&mut Vec<W>) -> Result<(), String> + Send + 'static,
     ) -> Self {
-        let committer = Committer { db, journal, encode: Box::new(encode), apply: Box::new(apply) };
+        let committer = Committer { db, config, journal, encode: Box::new(encode), apply: Box::new(apply) };
         let queue = Queue {
             issued: 0,
             committed: 0,
@@ -138,14 +142,15 @@ impl<W: Send + 'static> GroupCommit<W> {
         };
         let queue = Arc::new((Mutex::new(queue), Condvar::new()));
         let progress = watch::channel(Progress::default());
+        let (failed, storage_failure) = watch::channel(None);
         let thread = {
             let (queue, progress) = (Arc::clone(&queue), progress.0.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || write_until_shutdown(&queue, &progress))
+                .spawn(move || write_until_shutdown(&queue, &progress, &failed))
                 .expect("spawning the store writer thread")
         };
-        Self { queue, progress, in_progress: AtomicUsize::new(0), thread: Some(thread) }
+        Self { queue, progress, in_progress: AtomicUsize::new(0), storage_failure, thread: Some(thread) }
     }
 
     /// Marks a write as in progress until the returned guard drops (after
@@ -239,6 +244,13 @@ impl<W: Send + 'static> GroupCommit<W> {
         }
     }
 
+    /// Becomes the error once sled has failed for good: it then refuses
+    /// every write until it is reopened, so the store is only good for a
+    /// restart (which recovers every acknowledged write from the journal).
+    pub fn storage_failure(&self) -> watch::Receiver<Option<Arc<str>>> {
+        self.storage_failure.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue<W>> {
         self.queue.0.lock().expect("write queue lock")
     }
@@ -263,7 +275,11 @@ impl<W> Drop for GroupCommit<W> {
 /// was queued since, after a pause: a write is acknowledged only once it is
 /// durable, and the disk may recover (a full disk, freed). At shutdown the
 /// first failure ends the retries: those writes were never acknowledged.
-fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), progress: &watch::Sender<Progress>) {
+fn write_until_shutdown<W>(
+    queue: &(Mutex<Queue<W>>, Condvar),
+    progress: &watch::Sender<Progress>,
+    storage_failure: &watch::Sender<Option<Arc<str>>>,
+) {
     let (lock, cvar) = queue;
     let mut pause = FIRST_RETRY;
     let mut queue = lock.lock().expect("write queue lock");
@@ -282,6 +298,7 @@ fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), progress: &watch:
                 }
                 Err(err) => {
                     let ticket = group.ticket;
+                    let broken = committer.broken();
                     queue.hand_back(committer, group);
                     if queue.shutdown {
                         tracing::error!(error = %err, "committing writes failed at shutdown; they were not acknowledged");
@@ -290,6 +307,16 @@ fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), progress: &watch:
                     tracing::error!(error = %err, "committing writes failed; retrying");
                     drop(queue);
                     fail(progress, ticket, &err);
+                    if let Some(broken) = broken {
+                        storage_failure.send_if_modified(|failure| {
+                            let first = failure.is_none();
+                            if first {
+                                tracing::error!(error = %broken, "the document store can no longer write until it is reopened");
+                                *failure = Some(broken.into());
+                            }
+                            first
+                        });
+                    }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(LAST_RETRY);
                 }
@@ -310,6 +337,7 @@ fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), progress: &watch:
 
 struct Committer<W> {
     db: sled::Db,
+    config: sled::Config,
     journal: Journal,
     encode: Encode<W>,
     apply: Apply<W>,
@@ -340,6 +368,14 @@ impl<W> Committer<W> {
             group.checkpoint = false;
         }
         Ok(true)
+    }
+
+    /// The error sled failed with for good, if it did: an I/O error of its
+    /// background log writer (a full disk) is kept and returned by every
+    /// later write, whatever the disk does next. (`global_error` is sled's
+    /// only view of that state.)
+    fn broken(&self) -> Option<String> {
+        self.config.global_error().err().map(|e| e.to_string())
     }
 
     /// Flushes sled: everything journaled is then in sled on disk, and the
@@ -385,8 +421,9 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    fn open(dir: &tempfile::TempDir) -> sled::Db {
-        sled::Config::new().path(dir.path().join("db")).open().expect("opening sled")
+    fn open(dir: &tempfile::TempDir) -> (sled::Db, sled::Config) {
+        let config = sled::Config::new().path(dir.path().join("db"));
+        (config.open().expect("opening sled"), config)
     }
 
     fn journal_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
@@ -403,7 +440,7 @@ mod tests {
     /// whose `apply` inserts each write's key and reports the group.
     fn recording(
         dir: &tempfile::TempDir,
-        db: &sled::Db,
+        (db, config): &(sled::Db, sled::Config),
     ) -> (GroupCommit<&'static str>, mpsc::Receiver<Vec<&'static str>>) {
         let (applied, groups) = mpsc::channel();
         let tree = db.clone();
@@ -411,6 +448,7 @@ mod tests {
         assert!(replay.is_empty());
         let commit = GroupCommit::start(
             db.clone(),
+            config.clone(),
             journal,
             |writes: &[&'static str]| writes.join(",").into_bytes(),
             move |writes: &mut Vec<&'static str>| {
@@ -427,8 +465,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_groups_and_every_write_lands_in_submission_order() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir);
-        let (commit, groups) = recording(&dir, &db);
+        let sled = open(&dir);
+        let (commit, groups) = recording(&dir, &sled);
+        let db = &sled.0;
         let commit = Arc::new(commit);
         let submitted = Arc::new(Mutex::new(Vec::new()));
         let keys: Vec<&'static str> = (0..64).map(|i| &*format!("k{i:02}").leak()).collect();
@@ -470,8 +509,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(&journal_path(&dir)).expect("opening the journal");
         let (applied_on, threads) = mpsc::channel();
+        let (db, config) = open(&dir);
         let commit = GroupCommit::start(
-            open(&dir),
+            db,
+            config,
             journal,
             |writes: &[&'static str]| writes.join(",").into_bytes(),
             move |writes: &mut Vec<&'static str>| {
@@ -524,8 +565,10 @@ mod tests {
         let (journal, _) = Journal::open(&journal_path(&dir)).expect("opening the journal");
         let (attempted_on, attempts) = mpsc::channel();
         let mut failures = 1;
+        let (db, config) = open(&dir);
         let commit = GroupCommit::start(
-            open(&dir),
+            db,
+            config,
             journal,
             |writes: &[&'static str]| writes.join(",").into_bytes(),
             move |writes: &mut Vec<&'static str>| {
@@ -555,8 +598,7 @@ mod tests {
     #[test]
     fn writes_queued_at_shutdown_are_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir);
-        let (commit, groups) = recording(&dir, &db);
+        let (commit, groups) = recording(&dir, &open(&dir));
         commit.submit(|| "last");
         drop(commit);
         assert_eq!(groups.try_iter().flatten().collect::<Vec<_>>(), vec!["last"]);

@@ -222,15 +222,14 @@ impl DocumentStore {
     /// Opens (or creates) the store in `options.path`.
     pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
         let path = options.path.clone();
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&path)
             .cache_capacity(64 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
             // Writes are durable in the journal; sled's own periodic flush
             // bounds what [`Self::meta_set`] may lose.
-            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
-            .open()
-            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
+        let db = sled_config.open().map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let docs = db.open_tree("documents")?;
         let meta = db.open_tree("meta")?;
         let cipher = options.encryption_key.as_ref().map(Cipher::new);
@@ -261,6 +260,7 @@ impl DocumentStore {
         let applied_head = Arc::new(AtomicU64::new(log_head));
         let commit = GroupCommit::start(
             db.clone(),
+            sled_config,
             journal,
             |writes: &[PendingWrite]| record::encode_writes(writes.iter().flat_map(|write| &write.ops)),
             {
@@ -533,6 +533,12 @@ impl DocumentStore {
         let id = crate::node::generate_node_id();
         self.meta_put("node_id", id.as_bytes()).await?;
         Ok(id)
+    }
+
+    /// Becomes the error once the store can no longer write until it is
+    /// reopened (see [`GroupCommit::storage_failure`]).
+    pub fn storage_failure(&self) -> tokio::sync::watch::Receiver<Option<Arc<str>>> {
+        self.inner.commit.storage_failure()
     }
 
     /// Waits until every write queued so far is committed: on disk, in
