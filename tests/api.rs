@@ -577,3 +577,24 @@ fn a_key_on_a_plaintext_data_dir_fails_startup() {
         assert_eq!(get_json(&client, "plain", "p").await, Some(serde_json::json!({"a":1})));
     });
 }
+
+#[test]
+fn a_data_dir_in_use_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let running = SidecarOptions::new(&data).start();
+    runtime().block_on(async {
+        running.client_h1(Protocol::Connect, true).put_document(put("c", "d", r#"{"a":1}"#)).await.unwrap();
+    });
+    let (status, output) = SidecarOptions::new(&data).start_expecting_failure();
+    assert!(!status.success());
+    assert_eq!(output.matches("is in use by another process").count(), 1, "{output}");
+    runtime().block_on(async {
+        let client = running.client_h1(Protocol::Connect, true);
+        assert_eq!(
+            get_json(&client, "c", "d").await,
+            Some(serde_json::json!({"a":1})),
+            "the running sidecar is unaffected"
+        );
+    });
+}

@@ -42,8 +42,9 @@ pub struct Journal {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // The cause is part of the message, not a `source`: it would be printed twice.
+    #[error("journal {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("journal {0}: not a peat-sidecar journal (unknown header)")]
     Foreign(PathBuf),
 }
@@ -52,7 +53,7 @@ impl Journal {
     /// Opens (or creates) the journal at `path`, with the payloads of the
     /// records written since its last [`Self::restart`], in order.
     pub fn open(path: &Path) -> Result<(Self, Vec<Vec<u8>>), JournalError> {
-        let io_error = |source| JournalError::Io { path: path.to_owned(), source };
+        let io_error = |error| JournalError::Io { path: path.to_owned(), error };
         // Owner-only, like the data directory: records hold document content.
         let file = OpenOptions::new()
             .read(true)
@@ -120,7 +121,7 @@ impl Journal {
     /// Appends a record and syncs it to disk. On error nothing is appended
     /// and the call can be repeated.
     pub fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
-        let io_error = |source| JournalError::Io { path: self.path.clone(), source };
+        let io_error = |error| JournalError::Io { path: self.path.clone(), error };
         let record_end = self.end + (RECORD_HEADER_BYTES + payload.len()) as u64;
         if record_end > self.len {
             let grown = record_end.next_multiple_of(GROWTH_BYTES);
@@ -143,7 +144,7 @@ impl Journal {
     /// Starts over once everything journaled is durable elsewhere: the
     /// records before are no longer read at open.
     pub fn restart(&mut self) -> Result<(), JournalError> {
-        let io_error = |source| JournalError::Io { path: self.path.clone(), source };
+        let io_error = |error| JournalError::Io { path: self.path.clone(), error };
         let mut header = [0u8; HEADER_BYTES as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8..].copy_from_slice(&self.next_seq.to_le_bytes());

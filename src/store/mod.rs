@@ -61,8 +61,11 @@ const EPOCH_KEY: &[u8] = b"epoch";
 pub enum StoreError {
     #[error(transparent)]
     Invalid(#[from] InvalidField),
-    #[error("opening the data directory {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
+    // The cause is part of the message, not a `source`: it would be printed twice.
+    #[error("opening the data directory {path}: {error}")]
+    Open { path: PathBuf, error: sled::Error },
+    #[error("the data directory {0} is in use by another process (is another peat-sidecar running on it?)")]
+    InUse(PathBuf),
     #[error("the data directory {0} is encrypted but no encryption key is configured (set encryption_key_file)")]
     KeyMissing(PathBuf),
     #[error(
@@ -229,7 +232,14 @@ impl DocumentStore {
             // Writes are durable in the journal; sled's own periodic flush
             // bounds what [`Self::meta_set`] may lose.
             .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
-        let db = sled_config.open().map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let db = sled_config.open().map_err(|error| match &error {
+            // sled holds an exclusive lock on its file while open, and says
+            // so only in the message of an `Other` error.
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                StoreError::InUse(path.clone())
+            }
+            _ => StoreError::Open { path: path.clone(), error },
+        })?;
         let docs = db.open_tree("documents")?;
         let meta = db.open_tree("meta")?;
         let cipher = options.encryption_key.as_ref().map(Cipher::new);
