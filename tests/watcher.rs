@@ -396,6 +396,15 @@ async fn a_hung_agent_times_out_without_blocking_shutdown() {
     hold.abort();
 }
 
+/// Waits until the health check of `service` answers `want`.
+async fn wait_health(sidecar: &Sidecar, service: &str, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    while sidecar.health(service).await != want {
+        assert!(Instant::now() < deadline, "{service:?} never {want}; log:\n{}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The real binary, configured through a config file, serving what it read
 /// from the agent over its API and the agent's state as a health check; one
 /// log line per state change; clean SIGTERM.
@@ -422,18 +431,10 @@ async fn binary_serves_agent_state_through_the_api() {
 
     // The agent goes away: health checks of the watcher say so, the sidecar's own do not.
     agent.stop().await;
-    let deadline = Instant::now() + WAIT;
-    while sidecar.health("agent-watcher").await != "NOT_SERVING" {
-        assert!(Instant::now() < deadline, "the watcher's health never turned; log:\n{}", sidecar.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_health(&sidecar, "agent-watcher", "NOT_SERVING").await;
     assert_eq!(sidecar.health("").await, "SERVING");
     agent.restart().await;
-    let deadline = Instant::now() + WAIT;
-    while sidecar.health("agent-watcher").await != "SERVING" {
-        assert!(Instant::now() < deadline, "the watcher's health never recovered; log:\n{}", sidecar.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_health(&sidecar, "agent-watcher", "SERVING").await;
 
     let mut deployments = sidecar.list("deployments").await;
     deployments.sort();

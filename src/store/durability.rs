@@ -436,29 +436,33 @@ mod tests {
         records.into_iter().map(|r| String::from_utf8(r).unwrap()).collect()
     }
 
-    /// A group commit that journals a group as its keys joined by commas and
-    /// whose `apply` inserts each write's key and reports the group.
-    fn recording(
+    /// A group commit on a new journal in `dir` that journals a group as its
+    /// keys joined by commas and applies it with `apply`.
+    fn start(
         dir: &tempfile::TempDir,
         (db, config): &(sled::Db, sled::Config),
-    ) -> (GroupCommit<&'static str>, mpsc::Receiver<Vec<&'static str>>) {
-        let (applied, groups) = mpsc::channel();
-        let tree = db.clone();
+        apply: impl FnMut(&mut Vec<&'static str>) -> Result<(), String> + Send + 'static,
+    ) -> GroupCommit<&'static str> {
         let (journal, replay) = Journal::open(&journal_path(dir)).expect("opening the journal");
         assert!(replay.is_empty());
-        let commit = GroupCommit::start(
-            db.clone(),
-            config.clone(),
-            journal,
-            |writes: &[&'static str]| writes.join(",").into_bytes(),
-            move |writes: &mut Vec<&'static str>| {
-                for key in writes.iter() {
-                    tree.insert(key, "v").expect("insert");
-                }
-                applied.send(std::mem::take(writes)).expect("test receiver");
-                Ok(())
-            },
-        );
+        let encode = |writes: &[&'static str]| writes.join(",").into_bytes();
+        GroupCommit::start(db.clone(), config.clone(), journal, encode, apply)
+    }
+
+    /// A group commit whose `apply` inserts each write's key and reports the group.
+    fn recording(
+        dir: &tempfile::TempDir,
+        sled: &(sled::Db, sled::Config),
+    ) -> (GroupCommit<&'static str>, mpsc::Receiver<Vec<&'static str>>) {
+        let (applied, groups) = mpsc::channel();
+        let tree = sled.0.clone();
+        let commit = start(dir, sled, move |writes| {
+            for key in writes.iter() {
+                tree.insert(key, "v").expect("insert");
+            }
+            applied.send(std::mem::take(writes)).expect("test receiver");
+            Ok(())
+        });
         (commit, groups)
     }
 
@@ -507,20 +511,12 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_write_alone_is_committed_by_its_caller_and_others_by_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(&journal_path(&dir)).expect("opening the journal");
         let (applied_on, threads) = mpsc::channel();
-        let (db, config) = open(&dir);
-        let commit = GroupCommit::start(
-            db,
-            config,
-            journal,
-            |writes: &[&'static str]| writes.join(",").into_bytes(),
-            move |writes: &mut Vec<&'static str>| {
-                writes.clear();
-                applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
-                Ok(())
-            },
-        );
+        let commit = start(&dir, &open(&dir), move |writes| {
+            writes.clear();
+            applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
+            Ok(())
+        });
         for key in ["first", "second"] {
             let _writing = commit.begin();
             commit.submit(|| key);
@@ -562,25 +558,17 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_group_that_fails_to_apply_is_retried_by_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(&journal_path(&dir)).expect("opening the journal");
         let (attempted_on, attempts) = mpsc::channel();
         let mut failures = 1;
-        let (db, config) = open(&dir);
-        let commit = GroupCommit::start(
-            db,
-            config,
-            journal,
-            |writes: &[&'static str]| writes.join(",").into_bytes(),
-            move |writes: &mut Vec<&'static str>| {
-                attempted_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
-                if failures > 0 {
-                    failures -= 1;
-                    return Err("No space left on device".into());
-                }
-                writes.clear();
-                Ok(())
-            },
-        );
+        let commit = start(&dir, &open(&dir), move |writes| {
+            attempted_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
+            if failures > 0 {
+                failures -= 1;
+                return Err("No space left on device".into());
+            }
+            writes.clear();
+            Ok(())
+        });
         let writing = commit.begin();
         commit.submit(|| "w");
         // The caller's own attempt fails: it is told so at once (it does not
