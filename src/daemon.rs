@@ -21,6 +21,8 @@ use crate::systemd;
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peat_sidecar_descriptor.bin"));
 static HEALTH_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/health_descriptor.bin"));
+/// How often the store is checked for a storage failure it cannot recover from.
+const STORAGE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // One process-wide TLS provider, whichever crates ask for rustls.
@@ -79,15 +81,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut storage_failure = store.storage_failure();
+    let failing_store = store.clone();
+    let storage_failure = async move {
+        let mut every = tokio::time::interval(STORAGE_CHECK_EVERY);
+        loop {
+            every.tick().await;
+            if let Some(error) = failing_store.storage_failure() {
+                break error;
+            }
+        }
+    };
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
             _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
             // A restart recovers every acknowledged write from the journal;
             // staying up would refuse every write.
-            Ok(_) = storage_failure.wait_for(Option::is_some) => {
-                tracing::error!("the document store cannot write any more; shutting down to be restarted");
+            error = storage_failure => {
+                tracing::error!(%error, "the document store can no longer write; shutting down to be restarted");
             }
         }
     };
@@ -126,7 +137,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(agent_watcher) = agent_watcher {
         agent_watcher.stop().await;
     }
-    if let Some(failure) = store.storage_failure().borrow().clone() {
+    if let Some(failure) = store.storage_failure() {
         bail!("the document store failed and must be reopened: {failure}");
     }
     store.flush().await.context("flushing the store at shutdown")?;

@@ -73,6 +73,11 @@ pub fn store_error(err: StoreError) -> ConnectError {
             tracing::error!(error = %err, "corrupt data in the store");
             ConnectError::new(connectrpc::ErrorCode::DataLoss, err.to_string())
         }
+        // The disk refused (full, failing): the client may retry later.
+        StoreError::Sled(sled::Error::Io(_)) | StoreError::Journal(_) => {
+            tracing::error!(error = %err, "the document store's disk failed");
+            ConnectError::unavailable(format!("the document store's disk failed: {err}"))
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             ConnectError::internal("the document store failed; see the sidecar's log")

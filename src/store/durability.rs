@@ -101,8 +101,6 @@ pub struct GroupCommit<W> {
     progress: (watch::Sender<Progress>, watch::Receiver<Progress>),
     /// Writes in progress: from [`Self::begin`] until after their ticket.
     in_progress: AtomicUsize,
-    /// Set once sled can no longer write at all; see [`Self::storage_failure`].
-    storage_failure: watch::Receiver<Option<Arc<str>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -122,15 +120,13 @@ impl<W: Send + 'static> GroupCommit<W> {
     /// the group as it was, to be journaled and applied again by the writer
     /// thread (so `apply` must be repeatable: the same writes applied again
     /// leave the same state).
-    /// `config` is the one `db` was opened with.
     pub fn start(
         db: sled::Db,
-        config: sled::Config,
         journal: Journal,
         encode: impl FnMut(&[W]) -> Vec<u8> + Send + 'static,
         apply: impl FnMut(&mut Vec<W>) -> Result<(), String> + Send + 'static,
     ) -> Self {
-        let committer = Committer { db, config, journal, encode: Box::new(encode), apply: Box::new(apply) };
+        let committer = Committer { db, journal, encode: Box::new(encode), apply: Box::new(apply) };
         let queue = Queue {
             issued: 0,
             committed: 0,
@@ -142,15 +138,14 @@ impl<W: Send + 'static> GroupCommit<W> {
         };
         let queue = Arc::new((Mutex::new(queue), Condvar::new()));
         let progress = watch::channel(Progress::default());
-        let (failed, storage_failure) = watch::channel(None);
         let thread = {
             let (queue, progress) = (Arc::clone(&queue), progress.0.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || write_until_shutdown(&queue, &progress, &failed))
+                .spawn(move || write_until_shutdown(&queue, &progress))
                 .expect("spawning the store writer thread")
         };
-        Self { queue, progress, in_progress: AtomicUsize::new(0), storage_failure, thread: Some(thread) }
+        Self { queue, progress, in_progress: AtomicUsize::new(0), thread: Some(thread) }
     }
 
     /// Marks a write as in progress until the returned guard drops (after
@@ -244,13 +239,6 @@ impl<W: Send + 'static> GroupCommit<W> {
         }
     }
 
-    /// Becomes the error once sled has failed for good: it then refuses
-    /// every write until it is reopened, so the store is only good for a
-    /// restart (which recovers every acknowledged write from the journal).
-    pub fn storage_failure(&self) -> watch::Receiver<Option<Arc<str>>> {
-        self.storage_failure.clone()
-    }
-
     fn lock(&self) -> MutexGuard<'_, Queue<W>> {
         self.queue.0.lock().expect("write queue lock")
     }
@@ -275,11 +263,7 @@ impl<W> Drop for GroupCommit<W> {
 /// was queued since, after a pause: a write is acknowledged only once it is
 /// durable, and the disk may recover (a full disk, freed). At shutdown the
 /// first failure ends the retries: those writes were never acknowledged.
-fn write_until_shutdown<W>(
-    queue: &(Mutex<Queue<W>>, Condvar),
-    progress: &watch::Sender<Progress>,
-    storage_failure: &watch::Sender<Option<Arc<str>>>,
-) {
+fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), progress: &watch::Sender<Progress>) {
     let (lock, cvar) = queue;
     let mut pause = FIRST_RETRY;
     let mut queue = lock.lock().expect("write queue lock");
@@ -298,7 +282,6 @@ fn write_until_shutdown<W>(
                 }
                 Err(err) => {
                     let ticket = group.ticket;
-                    let broken = committer.broken();
                     queue.hand_back(committer, group);
                     if queue.shutdown {
                         tracing::error!(error = %err, "committing writes failed at shutdown; they were not acknowledged");
@@ -307,16 +290,6 @@ fn write_until_shutdown<W>(
                     tracing::error!(error = %err, "committing writes failed; retrying");
                     drop(queue);
                     fail(progress, ticket, &err);
-                    if let Some(broken) = broken {
-                        storage_failure.send_if_modified(|failure| {
-                            let first = failure.is_none();
-                            if first {
-                                tracing::error!(error = %broken, "the document store can no longer write until it is reopened");
-                                *failure = Some(broken.into());
-                            }
-                            first
-                        });
-                    }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(LAST_RETRY);
                 }
@@ -337,7 +310,6 @@ fn write_until_shutdown<W>(
 
 struct Committer<W> {
     db: sled::Db,
-    config: sled::Config,
     journal: Journal,
     encode: Encode<W>,
     apply: Apply<W>,
@@ -368,14 +340,6 @@ impl<W> Committer<W> {
             group.checkpoint = false;
         }
         Ok(true)
-    }
-
-    /// The error sled failed with for good, if it did: an I/O error of its
-    /// background log writer (a full disk) is kept and returned by every
-    /// later write, whatever the disk does next. (`global_error` is sled's
-    /// only view of that state.)
-    fn broken(&self) -> Option<String> {
-        self.config.global_error().err().map(|e| e.to_string())
     }
 
     /// Flushes sled: everything journaled is then in sled on disk, and the
@@ -421,9 +385,8 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    fn open(dir: &tempfile::TempDir) -> (sled::Db, sled::Config) {
-        let config = sled::Config::new().path(dir.path().join("db"));
-        (config.open().expect("opening sled"), config)
+    fn open(dir: &tempfile::TempDir) -> sled::Db {
+        sled::Config::new().path(dir.path().join("db")).open().expect("opening sled")
     }
 
     fn journal_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
@@ -440,23 +403,23 @@ mod tests {
     /// keys joined by commas and applies it with `apply`.
     fn start(
         dir: &tempfile::TempDir,
-        (db, config): &(sled::Db, sled::Config),
+        db: &sled::Db,
         apply: impl FnMut(&mut Vec<&'static str>) -> Result<(), String> + Send + 'static,
     ) -> GroupCommit<&'static str> {
         let (journal, replay) = Journal::open(&journal_path(dir)).expect("opening the journal");
         assert!(replay.is_empty());
         let encode = |writes: &[&'static str]| writes.join(",").into_bytes();
-        GroupCommit::start(db.clone(), config.clone(), journal, encode, apply)
+        GroupCommit::start(db.clone(), journal, encode, apply)
     }
 
     /// A group commit whose `apply` inserts each write's key and reports the group.
     fn recording(
         dir: &tempfile::TempDir,
-        sled: &(sled::Db, sled::Config),
+        db: &sled::Db,
     ) -> (GroupCommit<&'static str>, mpsc::Receiver<Vec<&'static str>>) {
         let (applied, groups) = mpsc::channel();
-        let tree = sled.0.clone();
-        let commit = start(dir, sled, move |writes| {
+        let tree = db.clone();
+        let commit = start(dir, db, move |writes| {
             for key in writes.iter() {
                 tree.insert(key, "v").expect("insert");
             }
@@ -469,9 +432,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_groups_and_every_write_lands_in_submission_order() {
         let dir = tempfile::tempdir().unwrap();
-        let sled = open(&dir);
-        let (commit, groups) = recording(&dir, &sled);
-        let db = &sled.0;
+        let db = open(&dir);
+        let (commit, groups) = recording(&dir, &db);
         let commit = Arc::new(commit);
         let submitted = Arc::new(Mutex::new(Vec::new()));
         let keys: Vec<&'static str> = (0..64).map(|i| &*format!("k{i:02}").leak()).collect();

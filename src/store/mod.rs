@@ -121,6 +121,9 @@ pub struct DocumentStore {
 
 struct Inner {
     path: PathBuf,
+    /// The configuration `docs` and `meta` were opened with: where sled
+    /// keeps the error it failed with for good.
+    sled_config: sled::Config,
     docs: sled::Tree,
     meta: sled::Tree,
     cipher: Option<Cipher>,
@@ -270,7 +273,6 @@ impl DocumentStore {
         let applied_head = Arc::new(AtomicU64::new(log_head));
         let commit = GroupCommit::start(
             db.clone(),
-            sled_config,
             journal,
             |writes: &[PendingWrite]| record::encode_writes(writes.iter().flat_map(|write| &write.ops)),
             {
@@ -281,6 +283,7 @@ impl DocumentStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 commit,
+                sled_config,
                 path,
                 docs,
                 meta,
@@ -545,10 +548,14 @@ impl DocumentStore {
         Ok(id)
     }
 
-    /// Becomes the error once the store can no longer write until it is
-    /// reopened (see [`GroupCommit::storage_failure`]).
-    pub fn storage_failure(&self) -> tokio::sync::watch::Receiver<Option<Arc<str>>> {
-        self.inner.commit.storage_failure()
+    /// The error sled failed with for good, if it did. An I/O error of its
+    /// background log writer (a full disk) is kept and returned by every
+    /// later write, whatever the disk does next, until sled is reopened: the
+    /// store is then only good for a restart, which recovers every
+    /// acknowledged write from the journal. (`global_error` is sled's only
+    /// view of that state.)
+    pub fn storage_failure(&self) -> Option<String> {
+        self.inner.sled_config.global_error().err().map(|e| e.to_string())
     }
 
     /// Waits until every write queued so far is committed: on disk, in
