@@ -2,7 +2,8 @@
 //! documents, updates of a hot document per writer, deletes) and is killed
 //! mid-stream, 20 times over one data directory. After every restart each
 //! acknowledged write is present and intact, each acknowledged delete holds,
-//! and every stored document is well-formed.
+//! and every stored document is well-formed. A journal damaged before its
+//! last record is refused at startup, losing nothing.
 
 mod support;
 
@@ -200,4 +201,40 @@ fn acknowledged_writes_survive_sigkill_mid_stream() {
         acked.deleted.len()
     );
     assert!(per_iteration.iter().all(|n| *n > 0), "every iteration acknowledged writes before the kill");
+}
+
+#[test]
+fn a_journal_damaged_before_its_last_record_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = runtime();
+    let sidecar = SidecarOptions::new(&data).start();
+    let mut acked = Acknowledged::default();
+    rt.block_on(async {
+        let client = sidecar.client_h1(Protocol::Connect, true);
+        for n in 0..3 {
+            let (id, json) = (format!("0-0-{n}"), content(0, 0, n));
+            client.put_document(put(&id, &json)).await.unwrap();
+            acked.docs.insert(id, json);
+        }
+    });
+    let options = sidecar.kill();
+
+    // One at a time, each write is a journal record of its own. Damage a
+    // payload byte of the first (the journal's header and each record's are
+    // 16 bytes).
+    let journal = data.join(peat_sidecar::store::JOURNAL_FILE);
+    let pristine = std::fs::read(&journal).unwrap();
+    let mut damaged = pristine.clone();
+    damaged[16 + 16 + 4] ^= 0x5A;
+    std::fs::write(&journal, &damaged).unwrap();
+    let (status, output) = options.clone().start_expecting_failure();
+    assert!(!status.success());
+    assert!(output.contains("record 1 at byte 16 is damaged, but record 2"), "{output}");
+    assert_eq!(std::fs::read(&journal).unwrap(), damaged, "the damaged journal is left for repair");
+
+    // Repaired, every acknowledged write is there.
+    std::fs::write(&journal, &pristine).unwrap();
+    let sidecar = options.start();
+    rt.block_on(async { verify(&sidecar.client_h1(Protocol::Connect, true), &mut acked).await });
 }

@@ -15,6 +15,12 @@
 //! at the first record that is cut short, fails its CRC or does not carry the
 //! next sequence number: a torn tail, or the zeros and stale records of an
 //! earlier generation behind the current one.
+//!
+//! Only the last record can be torn: a record is appended after the one
+//! before it is synced. So a whole record of the current generation found
+//! behind the place reading stopped means a synced record was damaged
+//! later, and replaying only the records before it would silently drop
+//! acknowledged writes: such a journal is refused instead.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -47,6 +53,13 @@ pub enum JournalError {
     Io { path: PathBuf, error: io::Error },
     #[error("journal {0}: not a peat-sidecar journal (unknown header)")]
     Foreign(PathBuf),
+    #[error(
+        "journal {path}: record {seq} at byte {offset} is damaged, but record {later_seq} at byte \
+         {later_offset} was written after it; replaying would lose acknowledged writes, so the \
+         store does not open (moved aside, the journal is not replayed: writes journaled since \
+         the last checkpoint may then be lost)"
+    )]
+    Damaged { path: PathBuf, seq: u64, offset: u64, later_seq: u64, later_offset: u64 },
 }
 
 impl Journal {
@@ -84,32 +97,70 @@ impl Journal {
             return Err(JournalError::Foreign(path.to_owned()));
         }
         journal.next_seq = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+        let generation_start = journal.next_seq;
         let mut records = Vec::new();
-        while let Some(payload) = journal.read_record().map_err(io_error)? {
-            journal.end += (RECORD_HEADER_BYTES + payload.len()) as u64;
-            journal.next_seq += 1;
-            records.push(payload);
+        let stop = loop {
+            match journal.read_record_at(journal.end).map_err(io_error)? {
+                Some(record) if record.seq == journal.next_seq && record.is_whole() => {
+                    journal.end += record.stored_len();
+                    journal.next_seq += 1;
+                    records.push(record.payload);
+                }
+                stop => break stop,
+            }
+        };
+        // After a checkpoint the records of the generation before follow;
+        // anything else (zeros, a torn record) is searched behind.
+        let ends_at_the_previous_generation = stop.is_some_and(|r| r.is_whole() && r.seq < generation_start);
+        if !ends_at_the_previous_generation
+            && let Some((later_offset, later_seq)) = journal.find_later_record().map_err(io_error)?
+        {
+            return Err(JournalError::Damaged {
+                path: path.to_owned(),
+                seq: journal.next_seq,
+                offset: journal.end,
+                later_seq,
+                later_offset,
+            });
         }
         Ok((journal, records))
     }
 
-    /// The record at `self.end` if it is whole and the next in sequence.
-    fn read_record(&self) -> io::Result<Option<Vec<u8>>> {
+    /// The record at byte `at`, if one fits in the file there.
+    fn read_record_at(&self, at: u64) -> io::Result<Option<StoredRecord>> {
         let mut header = [0u8; RECORD_HEADER_BYTES];
-        if self.end + RECORD_HEADER_BYTES as u64 > self.len {
+        if at + RECORD_HEADER_BYTES as u64 > self.len {
             return Ok(None);
         }
-        self.file.read_exact_at(&mut header, self.end)?;
-        let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let seq = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
-        let payload_at = self.end + RECORD_HEADER_BYTES as u64;
-        if seq != self.next_seq || payload_at + payload_len > self.len {
+        self.file.read_exact_at(&mut header, at)?;
+        let (payload_len, crc, seq) = StoredRecord::parse_header(&header);
+        let payload_at = at + RECORD_HEADER_BYTES as u64;
+        if payload_at + payload_len as u64 > self.len {
             return Ok(None);
         }
-        let mut payload = vec![0u8; payload_len as usize];
+        let mut payload = vec![0u8; payload_len];
         self.file.read_exact_at(&mut payload, payload_at)?;
-        Ok((record_crc(seq, &payload) == crc).then_some(payload))
+        Ok(Some(StoredRecord { crc, seq, payload }))
+    }
+
+    /// The offset and sequence number of the first whole record behind
+    /// `self.end` that belongs after the records read, if any. Every byte
+    /// offset is tried, since the damage may have hit a record's length.
+    fn find_later_record(&self) -> io::Result<Option<(u64, u64)>> {
+        let from = self.end + 1;
+        let mut rest = vec![0u8; self.len.saturating_sub(from) as usize];
+        self.file.read_exact_at(&mut rest, from)?;
+        let Some(last_header_at) = rest.len().checked_sub(RECORD_HEADER_BYTES) else { return Ok(None) };
+        Ok((0..=last_header_at).find_map(|at| {
+            let (payload_len, crc, seq) = StoredRecord::parse_header(&rest[at..]);
+            // No more records than headers can follow; most offsets fail here.
+            let most_records_left = ((rest.len() - at) / RECORD_HEADER_BYTES) as u64;
+            if seq < self.next_seq || seq - self.next_seq > most_records_left {
+                return None;
+            }
+            let payload = rest.get(at + RECORD_HEADER_BYTES..)?.get(..payload_len)?;
+            (record_crc(seq, payload) == crc).then_some((from + at as u64, seq))
+        }))
     }
 
     /// Whether a record of `payload_len` bytes fits before the journal must
@@ -153,6 +204,30 @@ impl Journal {
         self.len = self.len.max(HEADER_BYTES);
         self.end = HEADER_BYTES;
         Ok(())
+    }
+}
+
+/// A record as found in the file, whole or not.
+struct StoredRecord {
+    crc: u32,
+    seq: u64,
+    payload: Vec<u8>,
+}
+
+impl StoredRecord {
+    fn parse_header(header: &[u8]) -> (usize, u32, u64) {
+        let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        (payload_len, crc, seq)
+    }
+
+    fn is_whole(&self) -> bool {
+        record_crc(self.seq, &self.payload) == self.crc
+    }
+
+    fn stored_len(&self) -> u64 {
+        (RECORD_HEADER_BYTES + self.payload.len()) as u64
     }
 }
 
@@ -223,6 +298,64 @@ mod tests {
         // A file cut inside a record.
         file.set_len(third_at + 3).unwrap();
         assert_eq!(reopen(&path).1, vec![b"first".to_vec(), b"secnd".to_vec()]);
+    }
+
+    #[test]
+    fn a_damaged_record_with_records_behind_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, _) = reopen(&path);
+        let mut offsets = Vec::new();
+        for payload in [b"first", b"secnd", b"third"] {
+            offsets.push(journal.end);
+            journal.append(payload).unwrap();
+        }
+        drop(journal);
+        let pristine = std::fs::read(&path).unwrap();
+
+        // A flipped payload byte, a record length and a sequence number of
+        // the second record: all found by the third record behind it.
+        for damaged_at in [RECORD_HEADER_BYTES as u64 + 2, 0, 9] {
+            let mut damaged = pristine.clone();
+            damaged[(offsets[1] + damaged_at) as usize] ^= 0x5A;
+            std::fs::write(&path, &damaged).unwrap();
+            match Journal::open(&path) {
+                Err(JournalError::Damaged { seq: 2, offset, later_seq: 3, later_offset, .. }) => {
+                    assert_eq!((offset, later_offset), (offsets[1], offsets[2]));
+                }
+                Err(other) => panic!("damage at byte {damaged_at} of record 2: {other}"),
+                Ok((_, records)) => panic!("damage at byte {damaged_at} of record 2 opened with {records:?}"),
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), damaged, "a refused journal is left as it was");
+        }
+        let message = Journal::open(&path).err().unwrap().to_string();
+        let expected = format!("record 2 at byte {} is damaged, but record 3 at byte {}", offsets[1], offsets[2]);
+        assert!(message.contains(&expected), "{message}");
+
+        // Zeroed, the second record looks like the end of the file's records.
+        let mut zeroed = pristine.clone();
+        zeroed[offsets[1] as usize..offsets[2] as usize].fill(0);
+        std::fs::write(&path, &zeroed).unwrap();
+        assert!(matches!(Journal::open(&path), Err(JournalError::Damaged { seq: 2, .. })));
+    }
+
+    #[test]
+    fn a_torn_record_before_an_earlier_generation_is_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, _) = reopen(&path);
+        for payload in [b"old-1", b"old-2", b"old-3", b"old-4"] {
+            journal.append(payload).unwrap();
+        }
+        journal.restart().unwrap();
+        journal.append(b"new-five").unwrap();
+        let torn_at = journal.end;
+        journal.append(b"new-six").unwrap();
+        drop(journal);
+        // The last record torn: its header and a part of its payload written.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0u8; 4], torn_at + RECORD_HEADER_BYTES as u64 + 2).unwrap();
+        assert_eq!(reopen(&path).1, vec![b"new-five".to_vec()]);
     }
 
     #[test]
