@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use connectrpc::{ConnectRpcService, Limits, Router};
@@ -22,7 +23,7 @@ use crate::systemd;
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peat_sidecar_descriptor.bin"));
 static HEALTH_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/health_descriptor.bin"));
 /// How often the store is checked for a storage failure it cannot recover from.
-const STORAGE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // One process-wide TLS provider, whichever crates ask for rustls.
@@ -106,15 +107,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     node.set_phase(Phase::Ready);
     tracing::info!(node_id = %node.id, api = %bound, app_id = %settings.app_id, "peat-sidecar ready");
     systemd::notify("READY=1");
-    let watchdog = systemd::watchdog_interval().map(|interval| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval / 2);
-            loop {
-                tick.tick().await;
-                systemd::notify("WATCHDOG=1");
-            }
-        })
-    });
+    let watchdog = systemd::watchdog_interval().map(|interval| tokio::spawn(ping_watchdog(interval, store.clone())));
 
     let signalled_node = Arc::clone(&node);
     crate::server::serve(listener, service, async move {
@@ -143,6 +136,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     store.flush().await.context("flushing the store at shutdown")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Pings the service manager's watchdog while the runtime runs and the disk
+/// answers: a commit that has not returned for a whole watchdog interval (a
+/// hung `fdatasync`) withholds the pings, so that the service manager
+/// restarts the daemon rather than leave every write waiting. A failing
+/// disk (full) does not: its commits return errors at once and are retried.
+async fn ping_watchdog(interval: Duration, store: DocumentStore) {
+    let mut tick = tokio::time::interval(interval / 2);
+    let mut withheld = false;
+    loop {
+        tick.tick().await;
+        match store.commit_running_for() {
+            Some(running) if running >= interval => {
+                if !withheld {
+                    tracing::error!(
+                        running_for = ?running,
+                        "a write to disk has not returned; withholding the watchdog ping"
+                    );
+                }
+                withheld = true;
+            }
+            _ => {
+                if withheld {
+                    tracing::warn!("the disk answered again; pinging the watchdog");
+                }
+                withheld = false;
+                systemd::notify("WATCHDOG=1");
+            }
+        }
+    }
 }
 
 fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {

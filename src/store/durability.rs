@@ -5,16 +5,17 @@
 //! record (one disk sync), applies it to sled and then releases every ticket
 //! the group covered, so concurrent requests share one disk round trip. When
 //! writes come one at a time, each is committed by its own caller, saving two
-//! thread hand-offs; otherwise the store's writer thread commits, so the
-//! async runtime's threads keep serving requests while the disk syncs. sled
+//! thread hand-offs (on a multi-threaded runtime, which moves its other work
+//! to another thread meanwhile); otherwise the store's writer thread commits,
+//! so the async runtime's threads keep serving requests while the disk syncs. sled
 //! itself is flushed only at checkpoints, on the writer thread; see
 //! [`super::journal`]. A group that fails to commit (a full disk) is retried
 //! by the writer thread until it succeeds, and its waiters are told at once
 //! that their writes are not acknowledged.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -101,6 +102,7 @@ pub struct GroupCommit<W> {
     progress: (watch::Sender<Progress>, watch::Receiver<Progress>),
     /// Writes in progress: from [`Self::begin`] until after their ticket.
     in_progress: AtomicUsize,
+    attempts: Arc<AttemptClock>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -126,7 +128,14 @@ impl<W: Send + 'static> GroupCommit<W> {
         encode: impl FnMut(&[W]) -> Vec<u8> + Send + 'static,
         apply: impl FnMut(&mut Vec<W>) -> Result<(), String> + Send + 'static,
     ) -> Self {
-        let committer = Committer { db, journal, encode: Box::new(encode), apply: Box::new(apply) };
+        let attempts = Arc::new(AttemptClock::new());
+        let committer = Committer {
+            db,
+            journal,
+            encode: Box::new(encode),
+            apply: Box::new(apply),
+            attempts: Arc::clone(&attempts),
+        };
         let queue = Queue {
             issued: 0,
             committed: 0,
@@ -145,7 +154,15 @@ impl<W: Send + 'static> GroupCommit<W> {
                 .spawn(move || write_until_shutdown(&queue, &progress))
                 .expect("spawning the store writer thread")
         };
-        Self { queue, progress, in_progress: AtomicUsize::new(0), thread: Some(thread) }
+        Self { queue, progress, in_progress: AtomicUsize::new(0), attempts, thread: Some(thread) }
+    }
+
+    /// How long the attempt to commit (journal, apply, checkpoint) that is
+    /// in progress has been running, if one is. An attempt that fails
+    /// returns at once; one that never returns is a disk that stopped
+    /// answering.
+    pub fn attempt_running_for(&self) -> Option<Duration> {
+        self.attempts.running_for()
     }
 
     /// Marks a write as in progress until the returned guard drops (after
@@ -200,13 +217,16 @@ impl<W: Send + 'static> GroupCommit<W> {
             if idle
                 && one_at_a_time
                 && !queue.checkpoint
+                && may_block_in_place()
                 && let Some((mut committer, mut group)) = queue.take_group()
             {
                 // Commit in place, on this thread. If the journal is full, or
                 // on failure, the writer thread takes over (retrying until
                 // the disk takes it; this thread must not wait for that).
                 drop(queue);
-                let outcome = committer.try_commit(&mut group, false);
+                // The runtime moves its work to another thread meanwhile: a
+                // disk that stops answering must not stop it from serving.
+                let outcome = tokio::task::block_in_place(|| committer.try_commit(&mut group, false));
                 queue = self.lock();
                 match outcome {
                     Ok(true) => {
@@ -255,6 +275,13 @@ impl<W> Drop for GroupCommit<W> {
             let _ = thread.join();
         }
     }
+}
+
+/// Whether this thread may block for a disk sync: only a worker of a
+/// multi-threaded runtime can hand its other work over while it does.
+fn may_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// The writer thread: commits the groups of waiting tickets their holders
@@ -313,6 +340,7 @@ struct Committer<W> {
     journal: Journal,
     encode: Encode<W>,
     apply: Apply<W>,
+    attempts: Arc<AttemptClock>,
 }
 
 impl<W> Committer<W> {
@@ -324,6 +352,8 @@ impl<W> Committer<W> {
     /// the next append, and a group journaled and applied twice leaves every
     /// key with its last value, as once would.
     fn try_commit(&mut self, group: &mut Group<W>, may_checkpoint: bool) -> Result<bool, String> {
+        let attempts = Arc::clone(&self.attempts);
+        let _attempt = attempts.begin();
         if !group.writes.is_empty() {
             let record = (self.encode)(&group.writes);
             if !self.journal.has_room(record.len()) {
@@ -345,8 +375,44 @@ impl<W> Committer<W> {
     /// Flushes sled: everything journaled is then in sled on disk, and the
     /// journal starts over.
     fn try_checkpoint(&mut self) -> Result<(), String> {
+        let attempts = Arc::clone(&self.attempts);
+        let _attempt = attempts.begin();
         self.db.flush().map_err(|e| format!("flushing sled: {e}"))?;
         self.journal.restart().map_err(|e| e.to_string())
+    }
+}
+
+/// When the commit attempt in progress began.
+struct AttemptClock {
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to the start of the attempt in progress,
+    /// plus one; zero while there is none.
+    started: AtomicU64,
+}
+
+/// The attempt timed by [`AttemptClock::begin`]; it ends when this drops.
+struct Attempt<'a>(&'a AttemptClock);
+
+impl AttemptClock {
+    fn new() -> Self {
+        Self { epoch: Instant::now(), started: AtomicU64::new(0) }
+    }
+
+    /// Starts timing an attempt, unless one (that this is part of) is timed already.
+    fn begin(&self) -> Option<Attempt<'_>> {
+        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        self.started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Attempt(self))
+    }
+
+    fn running_for(&self) -> Option<Duration> {
+        let started = self.started.load(Ordering::Acquire).checked_sub(1)?;
+        Some(self.epoch.elapsed().saturating_sub(Duration::from_nanos(started)))
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.0.started.store(0, Ordering::Release);
     }
 }
 
@@ -470,7 +536,7 @@ mod tests {
         assert_eq!(journaled(&dir), vec!["after"]);
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_write_alone_is_committed_by_its_caller_and_others_by_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
         let (applied_on, threads) = mpsc::channel();
@@ -518,6 +584,21 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn on_a_single_threaded_runtime_even_a_write_alone_is_left_to_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (applied_on, threads) = mpsc::channel();
+        let commit = start(&dir, &open(&dir), move |writes| {
+            writes.clear();
+            applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
+            Ok(())
+        });
+        let _writing = commit.begin();
+        commit.submit(|| "alone");
+        commit.durable().await.expect("durable");
+        assert_eq!(threads.try_iter().collect::<Vec<_>>(), vec![Some("store-writer".to_string())]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_group_that_fails_to_apply_is_retried_by_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
         let (attempted_on, attempts) = mpsc::channel();

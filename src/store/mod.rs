@@ -17,6 +17,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
@@ -556,6 +557,13 @@ impl DocumentStore {
     /// view of that state.)
     pub fn storage_failure(&self) -> Option<String> {
         self.inner.sled_config.global_error().err().map(|e| e.to_string())
+    }
+
+    /// How long the disk has been taking to make the writes in progress
+    /// durable, if any are being committed: a disk that stopped answering
+    /// (a hung `fdatasync`) shows as a time that only grows.
+    pub fn commit_running_for(&self) -> Option<Duration> {
+        self.inner.commit.attempt_running_for()
     }
 
     /// Waits until every write queued so far is committed: on disk, in

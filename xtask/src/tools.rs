@@ -45,8 +45,9 @@ pub fn test_all(args: &[String]) -> Result<()> {
 
     timed("tools", &mut || {
         ensure_build_tools()?;
-        // The network tests build partitions and degraded links from these.
-        sh::ensure_apt(&[("ip", "iproute2"), ("iptables", "iptables"), ("curl", "curl")])?;
+        // The network tests build partitions and degraded links from these;
+        // the stalled-disk test freezes an ext4 file system.
+        sh::ensure_apt(&[("ip", "iproute2"), ("iptables", "iptables"), ("curl", "curl"), ("mkfs.ext4", "e2fsprogs")])?;
         sh::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
     })?;
     timed("fmt", &mut || sh::run(cargo().current_dir(&root).args(["fmt", "--all", "--check"])))?;
