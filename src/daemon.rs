@@ -107,7 +107,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     node.set_phase(Phase::Ready);
     tracing::info!(node_id = %node.id, api = %bound, app_id = %settings.app_id, "peat-sidecar ready");
     systemd::notify("READY=1");
-    let watchdog = systemd::watchdog_interval().map(|interval| tokio::spawn(ping_watchdog(interval, store.clone())));
+    let liveness = tokio::spawn(crate::liveness::report(
+        store.clone(),
+        Arc::clone(&node),
+        Arc::clone(&health),
+        systemd::watchdog_interval(),
+    ));
 
     let signalled_node = Arc::clone(&node);
     crate::server::serve(listener, service, async move {
@@ -124,9 +129,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await;
 
-    if let Some(watchdog) = watchdog {
-        watchdog.abort();
-    }
+    liveness.abort();
     if let Some(agent_watcher) = agent_watcher {
         agent_watcher.stop().await;
     }
@@ -136,37 +139,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     store.flush().await.context("flushing the store at shutdown")?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Pings the service manager's watchdog while the runtime runs and the disk
-/// answers: a commit that has not returned for a whole watchdog interval (a
-/// hung `fdatasync`) withholds the pings, so that the service manager
-/// restarts the daemon rather than leave every write waiting. A failing
-/// disk (full) does not: its commits return errors at once and are retried.
-async fn ping_watchdog(interval: Duration, store: DocumentStore) {
-    let mut tick = tokio::time::interval(interval / 2);
-    let mut withheld = false;
-    loop {
-        tick.tick().await;
-        match store.commit_running_for() {
-            Some(running) if running >= interval => {
-                if !withheld {
-                    tracing::error!(
-                        running_for = ?running,
-                        "a write to disk has not returned; withholding the watchdog ping"
-                    );
-                }
-                withheld = true;
-            }
-            _ => {
-                if withheld {
-                    tracing::warn!("the disk answered again; pinging the watchdog");
-                }
-                withheld = false;
-                systemd::notify("WATCHDOG=1");
-            }
-        }
-    }
 }
 
 fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {

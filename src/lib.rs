@@ -9,6 +9,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod listen;
+pub mod liveness;
 pub mod logging;
 pub mod mesh;
 pub mod node;

@@ -1,9 +1,10 @@
 //! A disk that stops answering under the real binary: the data directory
 //! sits on an ext4 file system that is frozen (`fsfreeze`), so a write's
-//! `fdatasync` hangs. The systemd watchdog pings stop once the commit has
-//! run for a whole watchdog interval (for the service manager to restart
-//! the daemon), reads go on being served meanwhile, and once the file system
-//! thaws the write is acknowledged and the pings resume.
+//! `fdatasync` hangs. Once the commit has run for a whole watchdog interval
+//! the systemd watchdog pings stop and the health service says NOT_SERVING
+//! (for the service manager to restart the daemon), while reads go on being
+//! served; once the file system thaws the write is acknowledged, the pings
+//! resume and the health service says SERVING again.
 //!
 //! Needs root (to loop-mount and freeze a file system); without it the test
 //! prints why it is skipped and passes.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use connectrpc::Protocol;
 use peat_sidecar::proto::peat::sidecar::v1::*;
-use support::{SidecarOptions, put, runtime};
+use support::{Sidecar, SidecarOptions, put, raw_post, runtime};
 
 const WATCHDOG: Duration = Duration::from_secs(2);
 
@@ -92,8 +93,21 @@ fn pings_within(socket: &UnixDatagram, window: Duration) -> Vec<Instant> {
     pings
 }
 
+/// The health service's answer for the whole process and for the API.
+async fn health(sidecar: &Sidecar) -> Vec<String> {
+    let mut statuses = Vec::new();
+    for service in ["", "peat.sidecar.v1.PeatSidecar"] {
+        let body = serde_json::json!({ "service": service }).to_string().into_bytes();
+        let headers = [("content-type", "application/json")];
+        let response = raw_post(sidecar, false, "/grpc.health.v1.Health/Check", &headers, body).await;
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        statuses.push(json["status"].as_str().unwrap_or_default().to_owned());
+    }
+    statuses
+}
+
 #[test]
-fn a_hung_disk_write_withholds_the_watchdog_until_the_disk_answers() {
+fn a_hung_disk_write_stops_the_watchdog_and_health_until_the_disk_answers() {
     let work = tempfile::tempdir().unwrap();
     let Some(fs) = FreezableFs::mount(work.path()) else { return };
     let notify_path = work.path().join("notify.sock");
@@ -122,6 +136,7 @@ fn a_hung_disk_write_withholds_the_watchdog_until_the_disk_answers() {
     );
     assert!(!pending.is_finished(), "the write waits for the disk");
     rt.block_on(async {
+        assert_eq!(health(&sidecar).await, ["NOT_SERVING", "NOT_SERVING"]);
         let client = sidecar.client_h1(Protocol::Connect, true);
         client.get_status(GetStatusRequest::default()).await.expect("status is served while the disk hangs");
         let got = client
@@ -138,9 +153,10 @@ fn a_hung_disk_write_withholds_the_watchdog_until_the_disk_answers() {
         .unwrap()
         .expect("and is acknowledged");
     assert!(!pings_within(&notify, WATCHDOG).is_empty(), "pings resume");
+    assert_eq!(rt.block_on(health(&sidecar)), ["SERVING", "SERVING"]);
     let output = sidecar.output();
-    assert!(output.contains("a write to disk has not returned; withholding the watchdog ping"), "{output}");
-    assert!(output.contains("the disk answered again"), "{output}");
+    assert!(output.contains("a write to disk has not returned; reporting NOT_SERVING"), "{output}");
+    assert!(output.contains("the disk answered again; serving"), "{output}");
     let (status, _) = sidecar.terminate();
     assert!(status.success(), "clean exit after the disk recovered");
 }
