@@ -237,7 +237,7 @@ fn main() {
     let floor_count = scaled(3_000);
     let sled_rate = sled_floor(work.path(), floor_count);
 
-    let sidecar = SidecarOptions::new(&work.path().join("data")).arg("--mesh-listen").arg("disabled").start();
+    let mut sidecar = SidecarOptions::new(&work.path().join("data")).arg("--mesh-listen").arg("disabled").start();
     std::thread::sleep(Duration::from_millis(500));
     println!("idle RSS after start: {:.1} MB", rss_kib(sidecar.pid()) as f64 / 1024.0);
 

@@ -249,7 +249,7 @@ fn every_method_over_every_protocol_on_tcp() {
 #[test]
 fn every_method_over_every_protocol_on_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = SidecarOptions::new(&dir.path().join("data")).listen(Listen::Unix).start();
+    let mut sidecar = SidecarOptions::new(&dir.path().join("data")).listen(Listen::Unix).start();
     let socket = sidecar.socket_path().unwrap();
     let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();
     assert_eq!(mode & 0o777, 0o660, "default listen_socket_mode");
@@ -474,7 +474,7 @@ fn sigterm_with_an_open_subscription_exits_zero_promptly_and_notifies_systemd() 
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let sidecar =
+    let mut sidecar =
         SidecarOptions::new(&dir.path().join("data")).env("NOTIFY_SOCKET", notify_path.to_str().unwrap()).start();
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("a notification");
@@ -530,7 +530,7 @@ fn encrypted_data_dir_round_trips_and_refuses_the_wrong_or_missing_key() {
         let client = sidecar.client_h2(Protocol::Grpc, false);
         client.put_document(put("secret", "s1", &format!(r#"{{"v":"{marker}"}}"#))).await.unwrap();
     });
-    let sidecar = sidecar.restart();
+    let mut sidecar = sidecar.restart();
     rt.block_on(async {
         let client = sidecar.client_h2(Protocol::Grpc, false);
         assert_eq!(get_json(&client, "secret", "s1").await, Some(serde_json::json!({ "v": marker })));
@@ -560,7 +560,7 @@ fn encrypted_data_dir_round_trips_and_refuses_the_wrong_or_missing_key() {
 fn a_key_on_a_plaintext_data_dir_fails_startup() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let sidecar = SidecarOptions::new(&data).start();
+    let mut sidecar = SidecarOptions::new(&data).start();
     runtime().block_on(async {
         sidecar.client_h2(Protocol::Grpc, false).put_document(put("plain", "p", r#"{"a":1}"#)).await.unwrap();
     });

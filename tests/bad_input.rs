@@ -96,7 +96,7 @@ async fn every_bad_request(client: &Client) {
 fn bad_requests_are_refused_naming_the_field_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let sidecar = SidecarOptions::new(&data).start();
+    let mut sidecar = SidecarOptions::new(&data).start();
     let rt = runtime();
     rt.block_on(async {
         let client = sidecar.client_h2(Protocol::Grpc, false);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use connectrpc::Protocol;
 use peat_sidecar::proto::peat::sidecar::v1::*;
-use support::{Sidecar, SidecarOptions, put, raw_post, runtime};
+use support::{Sidecar, SidecarOptions, put, runtime};
 
 const WATCHDOG: Duration = Duration::from_secs(2);
 
@@ -94,16 +94,8 @@ fn pings_within(socket: &UnixDatagram, window: Duration) -> Vec<Instant> {
 }
 
 /// The health service's answer for the whole process and for the API.
-async fn health(sidecar: &Sidecar) -> Vec<String> {
-    let mut statuses = Vec::new();
-    for service in ["", "peat.sidecar.v1.PeatSidecar"] {
-        let body = serde_json::json!({ "service": service }).to_string().into_bytes();
-        let headers = [("content-type", "application/json")];
-        let response = raw_post(sidecar, false, "/grpc.health.v1.Health/Check", &headers, body).await;
-        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-        statuses.push(json["status"].as_str().unwrap_or_default().to_owned());
-    }
-    statuses
+async fn health(sidecar: &Sidecar) -> [String; 2] {
+    [sidecar.health("").await, sidecar.health("peat.sidecar.v1.PeatSidecar").await]
 }
 
 #[test]
@@ -112,7 +104,7 @@ fn a_hung_disk_write_stops_the_watchdog_and_health_until_the_disk_answers() {
     let Some(fs) = FreezableFs::mount(work.path()) else { return };
     let notify_path = work.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let sidecar = SidecarOptions::new(&fs.path.join("data"))
+    let mut sidecar = SidecarOptions::new(&fs.path.join("data"))
         .arg("--mesh-listen")
         .arg("disabled")
         .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())

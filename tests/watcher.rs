@@ -14,8 +14,8 @@ use support::agent_double::{
     AgentData, AgentDouble, LIST_PACKAGES, LIST_PULLED_PACKAGES, STATUS, deployed, registry, status, tag,
 };
 use support::pki::Pki;
-use support::sidecar::Sidecar;
 use support::wait_until;
+use support::{Sidecar, SidecarOptions, free_port};
 
 const AGENT: &str = "node-a";
 const POLL: Duration = Duration::from_millis(100);
@@ -400,7 +400,7 @@ async fn a_hung_agent_times_out_without_blocking_shutdown() {
 async fn wait_health(sidecar: &Sidecar, service: &str, want: &str) {
     let deadline = Instant::now() + WAIT;
     while sidecar.health(service).await != want {
-        assert!(Instant::now() < deadline, "{service:?} never {want}; log:\n{}", sidecar.log());
+        assert!(Instant::now() < deadline, "{service:?} never {want}; log:\n{}", sidecar.output());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -412,15 +412,14 @@ async fn wait_health(sidecar: &Sidecar, service: &str, want: &str) {
 async fn binary_serves_agent_state_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = AgentDouble::start_h2c(sample_agent()).await;
-    let config_file = dir.path().join("config.yaml");
-    std::fs::write(&config_file, format!("agent_addr: \"{}\"\nagent_poll_interval: \"200ms\"\n", agent.url())).unwrap();
+    let config = format!("agent_addr: \"{}\"\nagent_poll_interval: \"200ms\"\n", agent.url());
     let started = Instant::now();
-    let mut sidecar =
-        Sidecar::start(dir.path(), &["--config", config_file.to_str().unwrap(), "--node-id", "edge-1"], &[]).await;
+    let options = SidecarOptions::new(&dir.path().join("data")).config(config).args(["--node-id", "edge-1"]);
+    let mut sidecar = tokio::task::block_in_place(|| options.start());
 
     let deadline = Instant::now() + WAIT;
     while sidecar.get("platforms", "edge-1").await.is_none() || sidecar.list("packages").await.len() != 2 {
-        assert!(Instant::now() < deadline, "no platform document; log:\n{}", sidecar.log());
+        assert!(Instant::now() < deadline, "no platform document; log:\n{}", sidecar.output());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("agent state served {:?} after start", started.elapsed());
@@ -446,21 +445,21 @@ async fn binary_serves_agent_state_through_the_api() {
     });
     let deadline = Instant::now() + WAIT;
     while sidecar.list("deployments").await.len() != 1 {
-        assert!(Instant::now() < deadline, "uds-core not removed; log:\n{}", sidecar.log());
+        assert!(Instant::now() < deadline, "uds-core not removed; log:\n{}", sidecar.output());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(sidecar.get("deployments", "edge-1:uds-core").await, None);
     let malformed_since = agent.requests(LIST_PULLED_PACKAGES);
     let deadline = Instant::now() + WAIT;
     while agent.requests(LIST_PULLED_PACKAGES) < malformed_since + 5 {
-        assert!(Instant::now() < deadline, "polling stopped; log:\n{}", sidecar.log());
+        assert!(Instant::now() < deadline, "polling stopped; log:\n{}", sidecar.output());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(sidecar.list("packages").await.len(), 2, "packages kept while their endpoint is malformed");
     assert_eq!(sidecar.health("agent-watcher").await, "SERVING", "degraded: the agent still answers");
 
     let (status, took) = sidecar.terminate();
-    let log = sidecar.log();
+    let log = sidecar.output();
     assert!(status.success(), "exit status {status}; log:\n{log}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     for once in ["agent watcher: agent is up", "agent unreachable", "agent watcher: agent recovered"] {
@@ -496,7 +495,11 @@ async fn binary_refuses_bad_agent_tls_settings_at_startup() {
         (vec![("PEAT_SIDECAR_AGENT_ADDR", "tcp://127.0.0.1:8080")], &["agent_addr"]),
     ];
     for (env, expected) in cases {
-        let (status, stderr) = Sidecar::run_to_failure(dir.path(), &["--node-id", "edge-1"], &env);
+        let options = env.iter().fold(
+            SidecarOptions::new(&dir.path().join("data")).args(["--node-id", "edge-1"]),
+            |options, (name, value)| options.env(*name, *value),
+        );
+        let (status, stderr) = options.start_expecting_failure();
         assert!(!status.success(), "{env:?} started");
         for word in expected {
             assert!(stderr.contains(word), "{env:?}: stderr lacks {word:?}:\n{stderr}");
@@ -514,25 +517,29 @@ async fn node_b_sees_node_a_agent_state() {
     let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_peat-sidecar")).arg("keygen").output().unwrap();
     let key = String::from_utf8(keygen.stdout).unwrap();
     let key = key.trim();
-    let mesh_a = format!("127.0.0.1:{}", support::sidecar::free_port());
-    let a = Sidecar::start(
-        dir_a.path(),
-        &["--node-id", "node-a", "--shared-key", key, "--mesh-listen", &format!("tcp://{mesh_a}")],
-        &[("PEAT_SIDECAR_AGENT_ADDR", &agent.url()), ("PEAT_SIDECAR_AGENT_POLL_INTERVAL", "200ms")],
-    )
-    .await;
-    let mesh_b = format!("tcp://127.0.0.1:{}", support::sidecar::free_port());
-    let b = Sidecar::start(
-        dir_b.path(),
-        &["--node-id", "node-b", "--shared-key", key, "--mesh-listen", &mesh_b, "--peer", &mesh_a],
-        &[],
-    )
-    .await;
+    let mesh_a = format!("127.0.0.1:{}", free_port());
+    let a = SidecarOptions::new(&dir_a.path().join("data"))
+        .args(["--node-id", "node-a", "--shared-key", key, "--mesh-listen", &format!("tcp://{mesh_a}")])
+        .env("PEAT_SIDECAR_AGENT_ADDR", agent.url())
+        .env("PEAT_SIDECAR_AGENT_POLL_INTERVAL", "200ms");
+    let a = tokio::task::block_in_place(|| a.start());
+    let mesh_b = format!("tcp://127.0.0.1:{}", free_port());
+    let b = SidecarOptions::new(&dir_b.path().join("data")).args([
+        "--node-id",
+        "node-b",
+        "--shared-key",
+        key,
+        "--mesh-listen",
+        &mesh_b,
+        "--peer",
+        &mesh_a,
+    ]);
+    let b = tokio::task::block_in_place(|| b.start());
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(30);
     while b.get("platforms", "node-a").await.is_none() || b.list("deployments").await.len() != 2 {
-        assert!(Instant::now() < deadline, "B never saw A's agent; A:\n{}\nB:\n{}", a.log(), b.log());
+        assert!(Instant::now() < deadline, "B never saw A's agent; A:\n{}\nB:\n{}", a.output(), b.output());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("node B saw node A's agent after {:?}", started.elapsed());
@@ -540,7 +547,7 @@ async fn node_b_sees_node_a_agent_state() {
     agent.update(|x| x.packages.retain(|p| p["name"] != "uds-core"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while b.get("deployments", "node-a:uds-core").await.is_some() {
-        assert!(Instant::now() < deadline, "B never saw the removal; B:\n{}", b.log());
+        assert!(Instant::now() < deadline, "B never saw the removal; B:\n{}", b.output());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(b.get("platforms", "node-a").await.unwrap()["platform_type"], "uds-remote-agent");

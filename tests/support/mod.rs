@@ -8,7 +8,6 @@
 
 pub mod agent_double;
 pub mod pki;
-pub mod sidecar;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,7 +21,9 @@ use connectrpc::client::SharedHttp2Connection;
 use connectrpc::client::{BoxFuture, ClientBody, ClientConfig, ClientTransport, Http2Connection, HttpClient};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use peat_sidecar::proto::peat::sidecar::v1::{PeatSidecarClient, PutDocumentRequest};
+use peat_sidecar::proto::peat::sidecar::v1::{
+    GetDocumentRequest, GetSyncStatsRequest, ListDocumentsRequest, PeatSidecarClient, PutDocumentRequest,
+};
 
 /// Path of the binary under test: `PEAT_SIDECAR_BIN` when set (to run the
 /// suite or the benchmark against another build, e.g. the static musl
@@ -54,11 +55,19 @@ pub struct SidecarOptions {
     pub listen: Listen,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The config file's content (default: `log_level: info`).
+    pub config: Option<String>,
 }
 
 impl SidecarOptions {
     pub fn new(data_dir: &Path) -> Self {
-        Self { data_dir: data_dir.to_owned(), listen: Listen::Tcp, args: Vec::new(), env: Vec::new() }
+        Self { data_dir: data_dir.to_owned(), listen: Listen::Tcp, args: Vec::new(), env: Vec::new(), config: None }
+    }
+
+    /// Starts with `yaml` as the config file (`--config`).
+    pub fn config(mut self, yaml: impl Into<String>) -> Self {
+        self.config = Some(yaml.into());
+        self
     }
 
     pub fn listen(mut self, listen: Listen) -> Self {
@@ -68,6 +77,11 @@ impl SidecarOptions {
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
         self
     }
 
@@ -88,7 +102,9 @@ impl SidecarOptions {
             Listen::Unix => format!("unix://{}", self.socket_path().display()),
         };
         let config = self.data_dir.with_extension("yaml");
-        if !config.exists() {
+        if let Some(yaml) = &self.config {
+            std::fs::write(&config, yaml).expect("writing the test config file");
+        } else if !config.exists() {
             std::fs::write(&config, "log_level: info\n").expect("writing the test config file");
         }
         let mut cmd = Command::new(binary());
@@ -125,13 +141,14 @@ impl SidecarOptions {
         let mut child = self.command().spawn().expect("spawning peat-sidecar");
         let output = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let mut readers = Vec::new();
         for pipe in [
             Box::new(child.stdout.take().expect("stdout piped")) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().expect("stderr piped")),
         ] {
             let output = Arc::clone(&output);
             let ready_tx = ready_tx.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
                     if let Some(api) = ready_api(&line) {
@@ -141,11 +158,11 @@ impl SidecarOptions {
                     out.push_str(&line);
                     out.push('\n');
                 }
-            });
+            }));
         }
         drop(ready_tx);
         match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(api) => Ok(Sidecar { child, addr: api, options: self, output, ready_after: started.elapsed() }),
+            Ok(api) => Ok(Sidecar { child, addr: api, options: self, output, readers, ready_after: started.elapsed() }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -192,6 +209,8 @@ pub struct Sidecar {
     pub addr: String,
     pub options: SidecarOptions,
     output: Arc<Mutex<String>>,
+    /// The threads collecting `output`; they end when the process has exited.
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub ready_after: Duration,
 }
 
@@ -236,14 +255,19 @@ impl Sidecar {
         client(AnyTransport::H1(Box::new(HttpClient::plaintext())), base, protocol, json)
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and how long it took.
-    pub fn terminate(mut self) -> (ExitStatus, Duration) {
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the status
+    /// and how long it took. [`Self::output`] is then complete.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let started = Instant::now();
         signal(self.pid(), libc::SIGTERM);
         let deadline = started + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for peat-sidecar") {
-                return (status, started.elapsed());
+                let took = started.elapsed();
+                for reader in self.readers.drain(..) {
+                    reader.join().expect("output reader");
+                }
+                return (status, took);
             }
             assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM:\n{}", self.output());
             std::thread::sleep(Duration::from_millis(5));
@@ -263,13 +287,46 @@ impl Sidecar {
     }
 
     /// Stops with SIGTERM (asserting a clean exit) and starts again on the same data.
-    pub fn restart(self) -> Sidecar {
-        let output = self.output();
-        let options = self.options.clone();
+    pub fn restart(mut self) -> Sidecar {
         let (status, _) = self.terminate();
-        assert!(status.success(), "exit status {status} after SIGTERM:\n{output}");
-        options.start()
+        assert!(status.success(), "exit status {status} after SIGTERM:\n{}", self.output());
+        self.options.clone().start()
     }
+
+    /// The document's JSON, or `None` when not found.
+    pub async fn get(&self, collection: &str, doc_id: &str) -> Option<serde_json::Value> {
+        let request = GetDocumentRequest { collection: collection.into(), doc_id: doc_id.into(), ..Default::default() };
+        let response = self.client_h1(Protocol::Connect, true).get_document(request).await.ok()?.into_owned();
+        response.json_data.map(|json| serde_json::from_str(&json).expect("stored documents are JSON"))
+    }
+
+    pub async fn list(&self, collection: &str) -> Vec<String> {
+        let request = ListDocumentsRequest { collection: collection.into(), ..Default::default() };
+        self.client_h1(Protocol::Connect, true).list_documents(request).await.unwrap().into_owned().doc_ids
+    }
+
+    /// Mesh bytes (sent, received) so far, from `GetSyncStats`.
+    pub async fn sync_bytes(&self) -> (u64, u64) {
+        let client = self.client_h1(Protocol::Connect, true);
+        let stats = client.get_sync_stats(GetSyncStatsRequest::default()).await.unwrap().into_owned();
+        (stats.bytes_sent, stats.bytes_received)
+    }
+
+    /// The `grpc.health.v1` status of `service` as Connect JSON names it
+    /// (`SERVING`, `NOT_SERVING`), or the error code (`not_found`).
+    pub async fn health(&self, service: &str) -> String {
+        let body = serde_json::json!({ "service": service }).to_string().into_bytes();
+        let headers = [("content-type", "application/json")];
+        let response = raw_post(self, false, "/grpc.health.v1.Health/Check", &headers, body).await;
+        let json: serde_json::Value = serde_json::from_slice(&response.body).expect("a JSON answer");
+        let field = if response.status.is_success() { "status" } else { "code" };
+        json[field].as_str().unwrap_or_else(|| panic!("no {field} in {json}")).to_owned()
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Drop for Sidecar {
