@@ -7,9 +7,9 @@
 //! writes come one at a time, each is committed by its own caller, saving two
 //! thread hand-offs (on a multi-threaded runtime, which moves its other work
 //! to another thread meanwhile); otherwise the store's writer thread commits,
-//! so the async runtime's threads keep serving requests while the disk syncs. sled
-//! itself is flushed only at checkpoints, on the writer thread; see
-//! [`super::journal`]. A group that fails to commit (a full disk) is retried
+//! so the async runtime's threads keep serving requests while the disk
+//! syncs. sled itself is flushed only at checkpoints, on the writer thread;
+//! see [`super::journal`]. A group that fails to commit (a full disk) is retried
 //! by the writer thread until it succeeds, and its waiters are told at once
 //! that their writes are not acknowledged.
 

@@ -355,6 +355,13 @@ ok "$UNIT is enabled"
 wait_active
 [ "$(systemctl show -p Type --value "$UNIT")" = notify ] || fail "$UNIT is not Type=notify"
 ok "Type=notify, so active means the daemon reported READY=1"
+# systemd stamps each WATCHDOG=1; the daemon pings every second while its disk answers.
+[ "$(systemctl show -p WatchdogUSec --value "$UNIT")" = 30s ] || fail "$UNIT has no 30 s watchdog"
+pinged=$(systemctl show -p WatchdogTimestampMonotonic --value "$UNIT")
+sleep 3
+[ "$(systemctl show -p WatchdogTimestampMonotonic --value "$UNIT")" != "$pinged" ] ||
+    fail "no watchdog ping within 3 s"
+ok "watchdog armed (30 s) and pinged"
 stat_is "$RUNDIR" "750 $NAME $NAME"
 check "config check accepts the shipped config" peat-sidecar --config "$CONFIG" config check
 
