@@ -536,15 +536,21 @@ mod tests {
         assert_eq!(journaled(&dir), vec!["after"]);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_write_alone_is_committed_by_its_caller_and_others_by_the_writer_thread() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A group commit whose `apply` reports the name of the thread it ran on.
+    fn reporting_threads(dir: &tempfile::TempDir) -> (GroupCommit<&'static str>, mpsc::Receiver<Option<String>>) {
         let (applied_on, threads) = mpsc::channel();
-        let commit = start(&dir, &open(&dir), move |writes| {
+        let commit = start(dir, &open(dir), move |writes| {
             writes.clear();
             applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
             Ok(())
         });
+        (commit, threads)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_write_alone_is_committed_by_its_caller_and_others_by_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (commit, threads) = reporting_threads(&dir);
         for key in ["first", "second"] {
             let _writing = commit.begin();
             commit.submit(|| key);
@@ -586,12 +592,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn on_a_single_threaded_runtime_even_a_write_alone_is_left_to_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let (applied_on, threads) = mpsc::channel();
-        let commit = start(&dir, &open(&dir), move |writes| {
-            writes.clear();
-            applied_on.send(std::thread::current().name().map(String::from)).expect("test receiver");
-            Ok(())
-        });
+        let (commit, threads) = reporting_threads(&dir);
         let _writing = commit.begin();
         commit.submit(|| "alone");
         commit.durable().await.expect("durable");
