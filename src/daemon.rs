@@ -4,12 +4,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use connectrpc::{ConnectRpcService, Limits, Router};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::api::Api;
 use crate::config::{DataDirSource, Settings};
@@ -22,8 +21,6 @@ use crate::systemd;
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peat_sidecar_descriptor.bin"));
 static HEALTH_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/health_descriptor.bin"));
-/// How often the store is checked for a storage failure it cannot recover from.
-const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // One process-wide TLS provider, whichever crates ask for rustls.
@@ -82,23 +79,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let failing_store = store.clone();
-    let storage_failure = async move {
-        let mut every = tokio::time::interval(STORAGE_CHECK_EVERY);
-        loop {
-            every.tick().await;
-            if let Some(error) = failing_store.storage_failure() {
-                break error;
-            }
-        }
-    };
+    let (storage_failed, storage_failure) = oneshot::channel();
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
             _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
             // A restart recovers every acknowledged write from the journal;
             // staying up would refuse every write.
-            error = storage_failure => {
+            Ok(error) = storage_failure => {
                 tracing::error!(%error, "the document store can no longer write; shutting down to be restarted");
             }
         }
@@ -112,6 +100,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&node),
         Arc::clone(&health),
         systemd::watchdog_interval(),
+        storage_failed,
     ));
 
     let signalled_node = Arc::clone(&node);

@@ -1,5 +1,9 @@
 //! Liveness: what the running daemon tells its supervisors about its disk.
 //!
+//! A storage failure sled cannot recover from in place (its background log
+//! write failed) is handed to the daemon, which shuts down to be restarted:
+//! the restart recovers every acknowledged write from the journal.
+//!
 //! A disk that stops answering (a hung `fdatasync`, a frozen or lost file
 //! system) shows as a commit that never returns. Once one has run for the
 //! systemd watchdog interval (or [`HUNG_AFTER`] without a watchdog), the
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connectrpc_health::{StaticChecker, Status};
+use tokio::sync::oneshot;
 
 use crate::node::{Node, Phase};
 use crate::proto::peat::sidecar::v1::PEAT_SIDECAR_SERVICE_NAME;
@@ -25,14 +30,27 @@ pub const HUNG_AFTER: Duration = Duration::from_secs(30);
 /// How often the store is looked at (more often for a shorter watchdog).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Reports the disk's liveness until aborted: health status and, when
-/// `watchdog` (systemd's interval) is set, the watchdog pings.
-pub async fn report(store: DocumentStore, node: Arc<Node>, health: Arc<StaticChecker>, watchdog: Option<Duration>) {
+/// Reports the disk's liveness until aborted: a storage failure through
+/// `failed`, the health status and, when `watchdog` (systemd's interval) is
+/// set, the watchdog pings.
+pub async fn report(
+    store: DocumentStore,
+    node: Arc<Node>,
+    health: Arc<StaticChecker>,
+    watchdog: Option<Duration>,
+    failed: oneshot::Sender<String>,
+) {
     let hung_after = watchdog.unwrap_or(HUNG_AFTER);
     let mut tick = tokio::time::interval(watchdog.map_or(CHECK_EVERY, |interval| CHECK_EVERY.min(interval / 2)));
+    let mut failed = Some(failed);
     let mut hung = false;
     loop {
         tick.tick().await;
+        if failed.is_some()
+            && let Some(error) = store.storage_failure()
+        {
+            let _ = failed.take().expect("checked above").send(error);
+        }
         let running = store.commit_running_for().filter(|running| *running >= hung_after);
         if running.is_some() != hung {
             hung = running.is_some();
