@@ -2,7 +2,9 @@
 //! prints numbers). Run with `cargo bench --bench api`; set `PEAT_SIDECAR_BIN`
 //! to measure another build (e.g. the static musl release binary) and
 //! `PEAT_BENCH_SCALE` (default 1.0; only for quick smoke runs) to scale every
-//! request and document count.
+//! request and document count, and `PEAT_BENCH_DIR` to put the data
+//! directories elsewhere than the target directory (`/dev/shm`: a file
+//! system whose syncs cost nothing, which shows what the disk costs).
 //!
 //! Reports requests/s and p50/p99 latency at concurrency 1 and 16 with a
 //! ~200-byte JSON document for PutDocument (distinct ids), GetDocument
@@ -220,9 +222,11 @@ fn store_floor(rt: &tokio::runtime::Runtime, work: &std::path::Path, concurrency
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let binary = support::binary();
-    let work = tempfile::Builder::new().prefix("peat-bench-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let work_root = std::env::var_os("PEAT_BENCH_DIR").unwrap_or_else(|| env!("CARGO_TARGET_TMPDIR").into());
+    let work = tempfile::Builder::new().prefix("peat-bench-").tempdir_in(&work_root).unwrap();
     let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
     println!("binary: {} ({:.1} MB)", binary.display(), size as f64 / 1e6);
+    println!("data directories under: {}", work.path().display());
     println!("document: {} bytes of JSON", document(0).len());
     println!("cores: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
 
