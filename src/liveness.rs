@@ -44,6 +44,7 @@ pub async fn report(
     let mut tick = tokio::time::interval(watchdog.map_or(CHECK_EVERY, |interval| CHECK_EVERY.min(interval / 2)));
     let mut failed = Some(failed);
     let mut hung = false;
+    let mut pings_failing = false;
     loop {
         tick.tick().await;
         if failed.is_some()
@@ -68,7 +69,19 @@ pub async fn report(
             }
         }
         if watchdog.is_some() && !hung {
-            systemd::notify("WATCHDOG=1");
+            // Pinged every second: a failing ping is logged when it starts
+            // failing and when it recovers, not each time.
+            match (systemd::try_notify("WATCHDOG=1"), pings_failing) {
+                (Err(err), false) => {
+                    tracing::warn!(error = %err, "the systemd watchdog ping failed; logged again once it succeeds");
+                    pings_failing = true;
+                }
+                (Ok(()), true) => {
+                    tracing::info!("the systemd watchdog ping succeeds again");
+                    pings_failing = false;
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -7,22 +7,27 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-/// Sends `state` (e.g. `READY=1`) to the service manager, if there is one.
+/// Sends `state` (e.g. `READY=1`) to the service manager, if there is one,
+/// logging a failure.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let result = UnixDatagram::unbound().and_then(|socket| {
-        let bytes = path.as_encoded_bytes();
-        if let Some(name) = bytes.strip_prefix(b"@") {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            socket.send_to_addr(state.as_bytes(), &addr)
-        } else {
-            socket.send_to(state.as_bytes(), &path)
-        }
-    });
-    if let Err(err) = result {
+    if let Err(err) = try_notify(state) {
         tracing::warn!(error = %err, state, "notifying systemd failed");
     }
+}
+
+/// Sends `state` to the service manager, if there is one (`Ok` if not).
+pub fn try_notify(state: &str) -> std::io::Result<()> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
+    let socket = UnixDatagram::unbound()?;
+    let bytes = path.as_encoded_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        socket.send_to_addr(state.as_bytes(), &addr)?;
+    } else {
+        socket.send_to(state.as_bytes(), &path)?;
+    }
+    Ok(())
 }
 
 /// The watchdog interval systemd expects pings at, if enabled for this process.

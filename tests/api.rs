@@ -493,6 +493,43 @@ fn sigterm_with_an_open_subscription_exits_zero_promptly_and_notifies_systemd() 
     assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "the stream ended");
 }
 
+#[test]
+fn a_failing_watchdog_ping_is_logged_when_it_starts_and_when_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let listen = || {
+        let socket = UnixDatagram::bind(&notify_path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        socket
+    };
+    let notify = listen();
+    // Pings every 200 ms.
+    let mut sidecar = SidecarOptions::new(&dir.path().join("data"))
+        .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .start();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("a notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    let n = notify.recv(&mut buf).expect("a watchdog ping");
+    assert_eq!(&buf[..n], b"WATCHDOG=1");
+
+    // The service manager's socket goes away for about eight pings.
+    drop(notify);
+    std::fs::remove_file(&notify_path).unwrap();
+    std::thread::sleep(Duration::from_millis(1700));
+    let notify = listen();
+    let n = notify.recv(&mut buf).expect("a watchdog ping once the socket is back");
+    assert_eq!(&buf[..n], b"WATCHDOG=1");
+
+    let (status, _) = sidecar.terminate();
+    assert!(status.success(), "exit status {status}");
+    let log = sidecar.output();
+    let count = |needle: &str| log.matches(needle).count();
+    assert_eq!(count("the systemd watchdog ping failed"), 1, "{log}");
+    assert_eq!(count("the systemd watchdog ping succeeds again"), 1, "{log}");
+}
+
 fn write_key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let output = std::process::Command::new(support::binary()).arg("keygen").output().unwrap();
     assert!(output.status.success());
