@@ -119,6 +119,8 @@
                           upgrade = built.rpm-upgrade;
                         };
                     guestCheck = ./tests/vm/guest-check.sh;
+                    powerCut = ./tests/vm/power-cut.sh;
+                    binary = lib.getExe built.peat-sidecar;
                   }
                 )
             )

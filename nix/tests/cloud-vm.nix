@@ -1,8 +1,12 @@
 # One distribution VM check: boot the distribution's own cloud image under
 # qemu/KVM, let cloud-init (NoCloud seed) authorise a throwaway ssh key, copy
 # in the package and the shared guest script (tests/vm/guest-check.sh), run
-# it as root and fail when it fails. The guest's only network is qemu's
-# user-mode stack with ssh forwarded to the build sandbox's loopback.
+# it as root and fail when it fails. Then the shared power-cut check
+# (tests/vm/power-cut.sh): the static binary writes onto a raw data disk
+# until enough writes are acknowledged, qemu is killed, and after a second
+# boot every acknowledged document must be back. The guest's only network
+# is qemu's user-mode stack with ssh forwarded to the build sandbox's
+# loopback.
 { pkgs
 , name
 , image
@@ -10,6 +14,9 @@
   # where each derivation's output directory holds exactly one .deb or .rpm.
   packages
 , guestCheck
+, powerCut
+, # The static peat-sidecar executable.
+  binary
 }:
 let
   baseImage = pkgs.fetchurl {
@@ -17,6 +24,8 @@ let
     inherit (image) url hash;
   };
   sshPort = "2222";
+  # Acknowledged writes to wait for before the power cut.
+  ackedBeforeCut = "100";
 in
 pkgs.runCommand "peat-sidecar-vm-${name}"
 {
@@ -62,26 +71,33 @@ pkgs.runCommand "peat-sidecar-vm-${name}"
 
     # A copy-on-write overlay: the pinned image in the store stays untouched.
     qemu-img create -q -f qcow2 -F qcow2 -b ${baseImage} disk.qcow2 10G
+    # The power-cut check's data disk; writeback, so that what the guest
+    # flushed survives qemu being killed, and only that.
+    truncate -s 512M data.img
 
-    qemu-system-x86_64 -machine accel=kvm -cpu host -m 2048 -smp 2 -nographic \
-      -drive file=disk.qcow2,if=virtio \
-      -drive file=seed.iso,if=virtio,media=cdrom,readonly=on \
-      -netdev user,id=net0,hostfwd=tcp:127.0.0.1:${sshPort}-:22 \
-      -device virtio-net-pci,netdev=net0 \
-      -serial file:console.log -monitor none -display none &
-    qemu_pid=$!
+    start_vm() {
+      qemu-system-x86_64 -machine accel=kvm -cpu host -m 2048 -smp 2 -nographic \
+        -drive file=disk.qcow2,if=virtio \
+        -drive file=seed.iso,if=virtio,media=cdrom,readonly=on \
+        -drive file=data.img,if=none,id=data,format=raw,cache=writeback \
+        -device virtio-blk-pci,drive=data,serial=peatdata \
+        -netdev user,id=net0,hostfwd=tcp:127.0.0.1:${sshPort}-:22 \
+        -device virtio-net-pci,netdev=net0 \
+        -serial file:console.log -monitor none -display none &
+      qemu_pid=$!
+      echo "waiting for ${name} to accept ssh"
+      for _ in $(seq 1 300); do
+        if guest true 2>/dev/null; then break; fi
+        if ! kill -0 $qemu_pid 2>/dev/null; then
+          echo "qemu exited before the guest came up"; tail -n 80 console.log; exit 1
+        fi
+        sleep 2
+      done
+      guest true || { echo "no ssh after 600 s"; tail -n 80 console.log; exit 1; }
+      guest sudo cloud-init status --wait > /dev/null || true
+    }
     trap 'kill $qemu_pid 2>/dev/null || true' EXIT
-
-    echo "waiting for ${name} to accept ssh"
-    for _ in $(seq 1 300); do
-      if guest true 2>/dev/null; then break; fi
-      if ! kill -0 $qemu_pid 2>/dev/null; then
-        echo "qemu exited before the guest came up"; tail -n 80 console.log; exit 1
-      fi
-      sleep 2
-    done
-    guest true || { echo "no ssh after 600 s"; tail -n 80 console.log; exit 1; }
-    guest sudo cloud-init status --wait > /dev/null || true
+    start_vm
 
     guest mkdir -p /tmp/peat-check/install /tmp/peat-check/upgrade
     to_guest ${guestCheck} vm:/tmp/peat-check/guest-check.sh
@@ -95,10 +111,45 @@ pkgs.runCommand "peat-sidecar-vm-${name}"
     # The interface `cargo xtask vm-test` uses: KIND FIRST-PACKAGE NEWER-PACKAGE.
     guest "cd /tmp/peat-check && sudo sh ./guest-check.sh ${image.family} \
       /tmp/peat-check/install/$install_pkg /tmp/peat-check/upgrade/$upgrade_pkg" || status=$?
-    guest sudo systemctl poweroff || true
     if [ "$status" -ne 0 ]; then
+      guest sudo systemctl poweroff || true
       echo "guest-check.sh failed on ${name} (exit $status)"; exit "$status"
     fi
+
+    # The power cut. /tmp does not survive a boot: the files go in after each.
+    data_disk=/dev/disk/by-id/virtio-peatdata
+    copy_power_cut() {
+      guest mkdir -p /tmp/peat-power-cut
+      to_guest ${powerCut} vm:/tmp/peat-power-cut/power-cut.sh
+      to_guest ${binary} vm:/tmp/peat-power-cut/peat-sidecar
+    }
+    copy_power_cut
+    echo "power-cut.sh write on ${name}"
+    guest "sudo sh /tmp/peat-power-cut/power-cut.sh write $data_disk /tmp/peat-power-cut/peat-sidecar" \
+      > power-cut-write.log 2>&1 &
+    writer=$!
+    for _ in $(seq 1 3000); do
+      if [ "$(grep -c '^acked ' power-cut-write.log || true)" -ge ${ackedBeforeCut} ]; then break; fi
+      sleep 0.2
+    done
+    kill -KILL $qemu_pid
+    wait $qemu_pid || true
+    wait $writer || true
+    grep '^acked ' power-cut-write.log > acked || true
+    if [ "$(wc -l < acked)" -lt ${ackedBeforeCut} ] || grep ' failed$' power-cut-write.log; then
+      echo "power-cut.sh write did not get to the power cut on ${name}"; cat power-cut-write.log; exit 1
+    fi
+    echo "power cut after $(wc -l < acked) acknowledged writes; booting ${name} again"
+    start_vm
+    copy_power_cut
+    to_guest acked vm:/tmp/peat-power-cut/acked
+    status=0
+    guest "sudo sh /tmp/peat-power-cut/power-cut.sh verify $data_disk /tmp/peat-power-cut/peat-sidecar \
+      /tmp/peat-power-cut/acked" || status=$?
+    guest sudo systemctl poweroff || true
+    if [ "$status" -ne 0 ]; then
+      echo "power-cut.sh failed on ${name} (exit $status)"; exit "$status"
+    fi
     mkdir -p "$out"
-    echo "${name}: guest-check.sh passed" > "$out/result"
+    echo "${name}: guest-check.sh and power-cut.sh passed" > "$out/result"
   ''

@@ -243,6 +243,18 @@ let
         && rocky.requiredSystemFeatures == [ "kvm" ];
     }
     {
+      name = "VM checks cut the power under the static binary and verify after a second boot";
+      ok = lib.all
+        (
+          check:
+          lib.hasInfix "power-cut.sh write $data_disk" check.script
+          && lib.hasInfix "power-cut.sh verify $data_disk" check.script
+          && lib.hasInfix "kill -KILL $qemu_pid" check.script
+          && lib.hasInfix "/bin/peat-sidecar vm:/tmp/peat-power-cut/peat-sidecar" check.script
+        )
+        [ checksX86.vm-ubuntu-22_04 checksX86.vm-rocky-9 ];
+    }
+    {
       name = "the upgrade package is release 2";
       ok = lib.hasInfix "-0.1.0-2-deb/*" checksX86.vm-ubuntu-22_04.script && lib.hasInfix "-0.1.0-2-rpm/*" checksX86.vm-rocky-8.script;
     }

@@ -1,33 +1,37 @@
 //! `cargo xtask vm-test`: installs the built .deb, .rpm and install.sh
 //! release inside throwaway Debian bookworm guests under qemu and runs
 //! tests/vm/guest-check.sh there (install, serve, upgrade, remove, purge,
-//! reinstall), one fresh copy-on-write guest per kind; then, on the host,
-//! two packaged sidecars in two network namespaces that must sync a
-//! document over the mesh. Prints per-stage times and a result table.
+//! reinstall), one fresh copy-on-write guest per kind; a guest whose power
+//! is cut while it writes, which must come back with every acknowledged
+//! write; then, on the host, two packaged sidecars in two network namespaces
+//! that must sync a document over the mesh. Prints per-stage times and a
+//! result table.
 
 mod artifacts;
 mod guest;
 mod host;
 mod image;
 mod mesh;
+mod power_cut;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use guest::{Accel, Limits};
+use guest::{Accel, BootOptions, Limits};
 
 const USAGE: &str = "\
 usage: cargo xtask vm-test [options]
 
 Runs tests/vm/guest-check.sh for each package kind inside a fresh qemu guest
-(KVM when a probe guest boots under it, TCG otherwise), then the two-node
-mesh check in network namespaces. Needs root and `cargo xtask dist` output.
+(KVM when a probe guest boots under it, TCG otherwise), tests/vm/power-cut.sh
+across a power cut, then the two-node mesh check in network namespaces.
+Needs root and `cargo xtask dist` output.
 
 options:
-  --kinds LIST      comma-separated subset of: deb,rpm,install.sh,mesh
-                    (default: all)
+  --kinds LIST      comma-separated subset of:
+                    deb,rpm,install.sh,power-cut,mesh (default: all)
   --dist DIR        where `cargo xtask dist` put the artifacts (default: dist)
   --cache-dir DIR   guest image cache (default: $PEAT_SIDECAR_VM_CACHE,
                     $XDG_CACHE_HOME/peat-sidecar-vm, or
@@ -43,7 +47,7 @@ options:
 environment: PEAT_SIDECAR_VM_MIRROR (Debian mirror for the guest image)
 ";
 
-const ALL_KINDS: &[&str] = &["deb", "rpm", "install.sh", "mesh"];
+const ALL_KINDS: &[&str] = &["deb", "rpm", "install.sh", "power-cut", "mesh"];
 
 struct Options {
     kinds: Vec<String>,
@@ -173,21 +177,27 @@ pub fn run(args: &[String]) -> Result<()> {
                             // while the guest runs.
                             let next = queue.lock().expect("queue").pop();
                             let Some(kind) = next else { break };
-                            let (artifact, newer) = match kind.as_str() {
-                                "deb" => (art.deb.clone(), upgrade.0.clone()),
-                                "rpm" => (art.rpm.clone(), upgrade.1.clone()),
-                                // The release tarball installs itself; its upgrade
-                                // is the same release installed over a running one.
-                                _ => (art.tarball.clone(), art.tarball.clone()),
-                            };
                             println!("--> guest {kind}: booting");
-                            let row = guest_kind(&root, &image, accel, &run_dir.join(&kind), &kind, &artifact, &newer)
-                                .unwrap_or_else(|err| Row {
-                                    kind: kind.clone(),
-                                    passed: false,
-                                    seconds: 0.0,
-                                    note: format!("{err:#}"),
-                                });
+                            let work = run_dir.join(&kind);
+                            let row = match kind.as_str() {
+                                "power-cut" => power_cut_row(&root, &image, accel, &work, &art.binary()),
+                                package_kind => {
+                                    let (artifact, newer) = match package_kind {
+                                        "deb" => (&art.deb, &upgrade.0),
+                                        "rpm" => (&art.rpm, &upgrade.1),
+                                        // The release tarball installs itself; its upgrade
+                                        // is the same release installed over a running one.
+                                        _ => (&art.tarball, &art.tarball),
+                                    };
+                                    guest_kind(&root, &image, accel, &work, package_kind, artifact, newer)
+                                }
+                            }
+                            .unwrap_or_else(|err| Row {
+                                kind: kind.clone(),
+                                passed: false,
+                                seconds: 0.0,
+                                note: format!("{err:#}"),
+                            });
                             let verdict = if row.passed { "pass" } else { "FAIL" };
                             println!("<-- guest {kind}: {verdict} in {:.1} s", row.seconds);
                             done.lock().expect("results").push(row);
@@ -253,7 +263,14 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
         std::fs::create_dir_all(&share)?;
         guest::write_job(&share, "uname -r\nsystemctl is-system-running || true\nsystemctl --failed --no-legend\n")?;
         let limits = Limits { start: Duration::from_secs(300), total: Duration::from_secs(400), first_output: None };
-        let outcome = guest::boot(&image, accel, &work, &share, true, Some("[smoke] "), &limits)?;
+        let outcome = guest::boot(
+            &image,
+            accel,
+            &work,
+            &share,
+            &limits,
+            &BootOptions { quiet: true, prefix: Some("[smoke] "), ..Default::default() },
+        )?;
         if outcome.status != Some(0) {
             bail!("smoke boot failed: {}", guest::explain(&outcome));
         }
@@ -267,6 +284,17 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
         std::fs::remove_dir_all(&work).ok();
     }
     Ok(())
+}
+
+/// The power-cut check (two boots on one data disk) as a row.
+fn power_cut_row(root: &Path, image: &image::Image, accel: Accel, work: &Path, binary: &Path) -> Result<Row> {
+    let report = power_cut::run(root, image, accel, work, binary)?;
+    Ok(Row {
+        kind: "power-cut".into(),
+        passed: true,
+        seconds: report.seconds,
+        note: format!("{} acknowledged writes survived", report.acked),
+    })
 }
 
 /// One kind in one fresh guest: share the script and artifacts, boot, and
@@ -295,7 +323,9 @@ fn guest_kind(
     std::fs::copy(root.join("tests/vm/guest-check.sh"), share.join("guest-check.sh"))?;
     guest::write_job(&share, &format!("exec sh ./guest-check.sh '{kind}' \"$PWD/{first}\" \"$PWD/{second}\"\n"))?;
     let limits = Limits { start: Duration::from_secs(300), total: Duration::from_secs(1200), first_output: None };
-    let outcome = guest::boot(image, accel, work, &share, true, Some(&format!("[{kind}] ")), &limits)?;
+    let prefix = format!("[{kind}] ");
+    let options = BootOptions { quiet: true, prefix: Some(&prefix), ..Default::default() };
+    let outcome = guest::boot(image, accel, work, &share, &limits, &options)?;
     let passed = outcome.status == Some(0) && outcome.aborted.is_none();
     let note = if passed {
         String::new()

@@ -3,6 +3,8 @@
 //! carries the job in and its log and exit status out. The guest's
 //! peat-vm-check.service (tests/vm/image/) runs `job` from the share and
 //! powers off; nothing here waits on the guest's network (it has none).
+//! A boot may also get a raw data disk that outlives it, and have its power
+//! cut (qemu killed) once the job's log says so.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +42,27 @@ pub struct Outcome {
     pub seconds: f64,
     /// Why the host gave up, if it did.
     pub aborted: Option<String>,
+    /// The host cut the power, as [`BootOptions::cut_power_when`] asked.
+    pub power_cut: bool,
+}
+
+/// The serial number of the data disk, and its path in the guest.
+const DATA_DISK_SERIAL: &str = "peatdata";
+pub const DATA_DISK: &str = "/dev/disk/by-id/virtio-peatdata";
+
+/// How a guest boots, beyond its image and time limits.
+#[derive(Default)]
+pub struct BootOptions<'a> {
+    /// Boot with `quiet` on the kernel command line.
+    pub quiet: bool,
+    /// Stream the job's output, each line with this prefix.
+    pub prefix: Option<&'a str>,
+    /// A raw disk image, the guest's [`DATA_DISK`]. The host's page cache keeps
+    /// what the guest flushed to it when qemu is killed, and only that: a
+    /// power cut as far as the guest can tell.
+    pub data_disk: Option<&'a Path>,
+    /// Kill qemu as soon as this holds for the job's log so far.
+    pub cut_power_when: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 pub struct Limits {
@@ -83,16 +106,15 @@ impl LogFollower {
 }
 
 /// Boots a fresh overlay of `image` in `work` with `share` as the 9p share
-/// (which must hold an executable `job`), streams the job's output with
-/// `prefix` (when given) and waits for the guest to power off.
+/// (which must hold an executable `job`), streams the job's output as
+/// `options` say and waits for the guest to power off.
 pub fn boot(
     image: &Image,
     accel: Accel,
     work: &Path,
     share: &Path,
-    quiet: bool,
-    prefix: Option<&str>,
     limits: &Limits,
+    options: &BootOptions,
 ) -> Result<Outcome> {
     let overlay = work.join("overlay.qcow2");
     if overlay.exists() {
@@ -115,7 +137,7 @@ pub fn boot(
         Accel::Tcg => ("q35,accel=tcg", "max"),
     };
     let mut append = String::from("console=ttyS0 root=/dev/vda rw panic=-1 no_timer_check systemd.show_status=error");
-    if quiet {
+    if options.quiet {
         append.push_str(" quiet");
     }
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -128,8 +150,15 @@ pub fn boot(
         .args(["-append", &append])
         // cache=unsafe: the overlay is thrown away after the run.
         .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2,cache=unsafe", overlay.display()))
-        .arg("-virtfs")
+        .arg(format!("file={},if=virtio,format=qcow2,cache=unsafe", overlay.display()));
+    if let Some(disk) = options.data_disk {
+        // Guest flushes reach the file (writeback, not unsafe). A PCI slot
+        // after the root disk's, which must stay /dev/vda.
+        cmd.arg("-drive")
+            .arg(format!("file={},if=none,id=data,format=raw,cache=writeback", disk.display()))
+            .args(["-device", &format!("virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL},addr=0x10")]);
+    }
+    cmd.arg("-virtfs")
         .arg(format!("local,path={},mount_tag=vmshare,security_model=none,id=vmshare", share.display()))
         .args(["-device", "virtio-rng-pci", "-nic", "none"])
         .arg("-serial")
@@ -140,7 +169,8 @@ pub fn boot(
     let start = Instant::now();
     let mut qemu = Qemu(cmd.spawn().context("starting qemu-system-x86_64")?);
     let mut aborted = None;
-    let mut follower = prefix.map(|p| LogFollower { path: out.join("log"), printed: 0, prefix: p.to_string() });
+    let mut power_cut = false;
+    let mut follower = options.prefix.map(|p| LogFollower { path: out.join("log"), printed: 0, prefix: p.to_string() });
     loop {
         if let Some(f) = follower.as_mut() {
             f.poll(false);
@@ -152,6 +182,14 @@ pub fn boot(
                     aborted = Some(format!("qemu exited with {status} before the guest came up: {stderr}"));
                 }
             }
+            break;
+        }
+        if let Some(cut_now) = options.cut_power_when
+            && cut_now(&std::fs::read_to_string(out.join("log")).unwrap_or_default())
+        {
+            qemu.0.kill().context("cutting the guest's power")?;
+            qemu.0.wait()?;
+            power_cut = true;
             break;
         }
         let elapsed = start.elapsed();
@@ -191,6 +229,7 @@ pub fn boot(
         console,
         seconds: start.elapsed().as_secs_f64(),
         aborted,
+        power_cut,
     })
 }
 
@@ -214,7 +253,7 @@ pub fn choose_accel(image: &Image, work: &Path, forced: Option<Accel>) -> Result
         total: Duration::from_secs(90),
         first_output: Some(Duration::from_secs(10)),
     };
-    let outcome = boot(image, Accel::Kvm, work, &share, false, None, &limits)?;
+    let outcome = boot(image, Accel::Kvm, work, &share, &limits, &BootOptions::default())?;
     if outcome.status == Some(0) && outcome.log.contains("kvm-probe-ok") {
         println!("accelerator: kvm (a probe guest booted in {:.1} s)", outcome.seconds);
         return Ok(Accel::Kvm);
