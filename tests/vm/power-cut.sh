@@ -19,12 +19,19 @@ bin=$3
 data=/mnt/peat-power-cut
 api=unix:///run/peat-power-cut.sock
 collection=power
+# Its own empty configuration: an installed package's settings stay out.
+config=/run/peat-power-cut.yaml
+
+ctl() {
+    "$bin" --config "$config" ctl --addr "$api" "$@"
+}
 
 start_sidecar() {
-    "$bin" serve --data-dir "$data/store" --listen "$api" --mesh-listen disabled \
+    : >"$config"
+    "$bin" --config "$config" serve --data-dir "$data/store" --listen "$api" --mesh-listen disabled \
         >/run/peat-power-cut.log 2>&1 &
     tries=0
-    until "$bin" ctl --addr "$api" status >/dev/null 2>&1; do
+    until ctl status >/dev/null 2>&1; do
         tries=$((tries + 1))
         if [ "$tries" -gt 600 ]; then
             echo "the sidecar did not start:"
@@ -40,7 +47,7 @@ writer() {
     while :; do
         i=$((i + 1))
         id="w$1-$i"
-        if "$bin" ctl --addr "$api" put "$collection" "$id" "{\"writer\":$1,\"i\":$i}" >/dev/null; then
+        if ctl put "$collection" "$id" "{\"writer\":$1,\"i\":$i}" >/dev/null; then
             echo "acked $id"
         else
             echo "put $id failed"
@@ -70,7 +77,7 @@ verify)
     acked=$4
     mount "$disk" "$data"
     start_sidecar
-    stored=$("$bin" ctl --addr "$api" list "$collection" | wc -l)
+    stored=$(ctl list "$collection" | wc -l)
     checked=0
     lost=0
     while read -r _ id; do
@@ -78,7 +85,7 @@ verify)
         w=${id#w}
         w=${w%%-*}
         i=${id##*-}
-        got=$("$bin" ctl --addr "$api" get "$collection" "$id" 2>&1 </dev/null) || got="(missing: $got)"
+        got=$(ctl get "$collection" "$id" 2>&1 </dev/null) || got="(missing: $got)"
         case $got in
             "{\"i\":$i,\"writer\":$w}" | "{\"writer\":$w,\"i\":$i}") ;;
             *)
