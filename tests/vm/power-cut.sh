@@ -3,8 +3,9 @@
 # in two boots that share a data disk; the host cuts the power in between.
 #
 #   power-cut.sh write  DISK BINARY         make a file system on DISK, serve
-#       from it and write documents from four concurrent writers, printing
-#       `acked <id>` after each acknowledged write, until the power goes
+#       from it (encrypted at rest) and write documents from four concurrent
+#       writers, printing `acked <id>` after each acknowledged write, until
+#       the power goes
 #   power-cut.sh verify DISK BINARY ACKED   mount DISK again (the file system
 #       recovers its own journal), serve the same data and check that every
 #       document of the `acked` lines in the file ACKED is there with the
@@ -21,6 +22,8 @@ api=unix:///run/peat-power-cut.sock
 collection=power
 # Its own empty configuration: an installed package's settings stay out.
 config=/run/peat-power-cut.yaml
+# Encrypted at rest, so that sealed values are what the cut interrupts.
+key=$data/encryption.key
 
 ctl() {
     "$bin" --config "$config" ctl --addr "$api" "$@"
@@ -29,7 +32,7 @@ ctl() {
 start_sidecar() {
     : >"$config"
     "$bin" --config "$config" serve --data-dir "$data/store" --listen "$api" --mesh-listen disabled \
-        >/run/peat-power-cut.log 2>&1 &
+        --encryption-key-file "$key" >/run/peat-power-cut.log 2>&1 &
     tries=0
     until ctl status >/dev/null 2>&1; do
         tries=$((tries + 1))
@@ -65,6 +68,8 @@ write)
         mkfs.xfs -q -f "$disk"
     fi
     mount "$disk" "$data"
+    (umask 077 && "$bin" keygen >"$key")
+    sync
     start_sidecar
     echo "writing"
     for w in 1 2 3 4; do
