@@ -17,7 +17,6 @@
 mod support;
 
 use std::future::Future;
-use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +25,7 @@ use std::time::{Duration, Instant};
 use connectrpc::Protocol;
 use peat_sidecar::proto::peat::sidecar::v1::*;
 use rand::Rng;
+use support::notify::NotifySocket;
 use support::{Client, SidecarOptions};
 
 const DOCS_FOR_GET: usize = 10_000;
@@ -161,15 +161,13 @@ fn start_to_ready(work: &std::path::Path, runs: usize) -> Vec<Duration> {
     for run in 0..runs {
         let dir = work.join(format!("ready-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let notify_path = dir.join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let notify = NotifySocket::bind(&dir.join("notify.sock"));
         let config = dir.join("config.yaml");
         std::fs::write(&config, "log_level: warn\n").unwrap();
         let started = Instant::now();
         let mut child = Command::new(support::binary())
             .env_clear()
-            .env("NOTIFY_SOCKET", &notify_path)
+            .env("NOTIFY_SOCKET", notify.env_value())
             .arg("--config")
             .arg(&config)
             .arg("--listen")
@@ -180,10 +178,9 @@ fn start_to_ready(work: &std::path::Path, runs: usize) -> Vec<Duration> {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawning peat-sidecar");
-        let mut buf = [0u8; 64];
-        let n = notify.recv(&mut buf).expect("READY=1 within 10 s");
+        let message = notify.next("READY=1");
         times.push(started.elapsed());
-        assert_eq!(&buf[..n], b"READY=1");
+        assert_eq!(message, "READY=1");
         support::signal(child.id() as i32, libc::SIGTERM);
         child.wait().unwrap();
     }

@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use connectrpc::{ErrorCode, Protocol};
 use peat_sidecar::proto::peat::sidecar::v1::*;
+use support::notify::NotifySocket;
 use support::{Client, Listen, SidecarOptions, grpc_frame, put, raw_post, runtime};
 
 /// Awaits the next message of a `Subscribe` stream as an owned `DocumentChange`.
@@ -471,14 +471,9 @@ fn configured_node_id_wins() {
 #[test]
 fn sigterm_with_an_open_subscription_exits_zero_promptly_and_notifies_systemd() {
     let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut sidecar =
-        SidecarOptions::new(&dir.path().join("data")).env("NOTIFY_SOCKET", notify_path.to_str().unwrap()).start();
-    let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("a notification");
-    assert_eq!(&buf[..n], b"READY=1");
+    let notify = NotifySocket::bind(&dir.path().join("notify.sock"));
+    let mut sidecar = SidecarOptions::new(&dir.path().join("data")).env("NOTIFY_SOCKET", notify.env_value()).start();
+    assert_eq!(notify.next("a notification"), "READY=1");
 
     let rt = runtime();
     let client = rt.block_on(async { sidecar.client_h2(Protocol::Connect, false) });
@@ -486,8 +481,7 @@ fn sigterm_with_an_open_subscription_exits_zero_promptly_and_notifies_systemd() 
     let (status, took) = sidecar.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
-    let n = notify.recv(&mut buf).expect("a stopping notification");
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(notify.next("a stopping notification"), "STOPPING=1");
     // The open stream ended cleanly instead of holding up the shutdown.
     let end = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), stream.message()).await });
     assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "the stream ended");
@@ -497,30 +491,20 @@ fn sigterm_with_an_open_subscription_exits_zero_promptly_and_notifies_systemd() 
 fn a_failing_watchdog_ping_is_logged_when_it_starts_and_when_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify.sock");
-    let listen = || {
-        let socket = UnixDatagram::bind(&notify_path).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        socket
-    };
-    let notify = listen();
+    let notify = NotifySocket::bind(&notify_path);
     // Pings every 200 ms.
     let mut sidecar = SidecarOptions::new(&dir.path().join("data"))
-        .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())
+        .env("NOTIFY_SOCKET", notify.env_value())
         .env("WATCHDOG_USEC", "400000")
         .start();
-    let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("a notification");
-    assert_eq!(&buf[..n], b"READY=1");
-    let n = notify.recv(&mut buf).expect("a watchdog ping");
-    assert_eq!(&buf[..n], b"WATCHDOG=1");
+    assert_eq!(notify.next("a notification"), "READY=1");
+    assert_eq!(notify.next("a watchdog ping"), "WATCHDOG=1");
 
     // The service manager's socket goes away for about eight pings.
-    drop(notify);
-    std::fs::remove_file(&notify_path).unwrap();
+    notify.close();
     std::thread::sleep(Duration::from_millis(1700));
-    let notify = listen();
-    let n = notify.recv(&mut buf).expect("a watchdog ping once the socket is back");
-    assert_eq!(&buf[..n], b"WATCHDOG=1");
+    let notify = NotifySocket::bind(&notify_path);
+    assert_eq!(notify.next("a watchdog ping once the socket is back"), "WATCHDOG=1");
 
     let (status, _) = sidecar.terminate();
     assert!(status.success(), "exit status {status}");

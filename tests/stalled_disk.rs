@@ -11,13 +11,13 @@
 
 mod support;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use connectrpc::Protocol;
 use peat_sidecar::proto::peat::sidecar::v1::*;
+use support::notify::NotifySocket;
 use support::{Sidecar, SidecarOptions, put, runtime};
 
 const WATCHDOG: Duration = Duration::from_secs(2);
@@ -76,23 +76,6 @@ fn fsfreeze(path: &Path, flag: &str) -> bool {
     Command::new("fsfreeze").arg(flag).arg(path).status().is_ok_and(|status| status.success())
 }
 
-/// When the `WATCHDOG=1` pings that arrive on `socket` within `window` came.
-fn pings_within(socket: &UnixDatagram, window: Duration) -> Vec<Instant> {
-    let deadline = Instant::now() + window;
-    let mut pings = Vec::new();
-    let mut buf = [0u8; 256];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) {
-        socket.set_read_timeout(Some(left)).unwrap();
-        match socket.recv(&mut buf) {
-            Ok(n) if &buf[..n] == b"WATCHDOG=1" => pings.push(Instant::now()),
-            Ok(_) => {}
-            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
-            Err(err) => panic!("reading the notify socket: {err}"),
-        }
-    }
-    pings
-}
-
 /// The health service's answer for the whole process and for the API.
 async fn health(sidecar: &Sidecar) -> [String; 2] {
     [sidecar.health("").await, sidecar.health("peat.sidecar.v1.PeatSidecar").await]
@@ -102,25 +85,24 @@ async fn health(sidecar: &Sidecar) -> [String; 2] {
 fn a_hung_disk_write_stops_the_watchdog_and_health_until_the_disk_answers() {
     let work = tempfile::tempdir().unwrap();
     let Some(fs) = FreezableFs::mount(work.path()) else { return };
-    let notify_path = work.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let notify = NotifySocket::bind(&work.path().join("notify.sock"));
     let mut sidecar = SidecarOptions::new(&fs.path.join("data"))
         .arg("--mesh-listen")
         .arg("disabled")
-        .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())
+        .env("NOTIFY_SOCKET", notify.env_value())
         .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
         .start();
     let rt = runtime();
     let client = sidecar.client_h1(Protocol::Connect, true);
     rt.block_on(client.put_document(put("c", "before", r#"{"n":1}"#))).unwrap();
-    assert!(pings_within(&notify, WATCHDOG).len() >= 2, "pings every half interval");
+    assert!(notify.pings_within(WATCHDOG).len() >= 2, "pings every half interval");
 
     let frozen = fs.freeze();
     let frozen_at = Instant::now();
     let pending = rt.spawn(async move { client.put_document(put("c", "during", r#"{"n":2}"#)).await });
     // The commit is withheld from after one interval; the last ping comes
     // at most half an interval later.
-    let pings = pings_within(&notify, 3 * WATCHDOG);
+    let pings = notify.pings_within(3 * WATCHDOG);
     let since_freeze: Vec<Duration> = pings.iter().map(|ping| ping.duration_since(frozen_at)).collect();
     assert!(
         since_freeze.iter().all(|at| *at < WATCHDOG + WATCHDOG / 2 + Duration::from_millis(300)),
@@ -144,7 +126,7 @@ fn a_hung_disk_write_stops_the_watchdog_and_health_until_the_disk_answers() {
         .expect("the write completes once the disk answers")
         .unwrap()
         .expect("and is acknowledged");
-    assert!(!pings_within(&notify, WATCHDOG).is_empty(), "pings resume");
+    assert!(!notify.pings_within(WATCHDOG).is_empty(), "pings resume");
     assert_eq!(rt.block_on(health(&sidecar)), ["SERVING", "SERVING"]);
     let output = sidecar.output();
     assert!(output.contains("a write to disk has not returned; reporting NOT_SERVING"), "{output}");
