@@ -179,6 +179,7 @@ pub fn run(args: &[String]) -> Result<()> {
                             let Some(kind) = next else { break };
                             println!("--> guest {kind}: booting");
                             let work = run_dir.join(&kind);
+                            let began = Instant::now();
                             let row = match kind.as_str() {
                                 "power-cut" => power_cut_row(&root, &image, accel, &work, &art.binary()),
                                 package_kind => {
@@ -195,7 +196,7 @@ pub fn run(args: &[String]) -> Result<()> {
                             .unwrap_or_else(|err| Row {
                                 kind: kind.clone(),
                                 passed: false,
-                                seconds: 0.0,
+                                seconds: began.elapsed().as_secs_f64(),
                                 note: format!("{err:#}"),
                             });
                             let verdict = if row.passed { "pass" } else { "FAIL" };
