@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::journal::Journal;
+use super::sled_flush::SledFlush;
 
 type Encode<W> = Box<dyn FnMut(&[W]) -> Vec<u8> + Send>;
 type Apply<W> = Box<dyn FnMut(&mut Vec<W>) -> Result<(), String> + Send>;
@@ -123,14 +124,14 @@ impl<W: Send + 'static> GroupCommit<W> {
     /// thread (so `apply` must be repeatable: the same writes applied again
     /// leave the same state).
     pub fn start(
-        db: sled::Db,
+        sled: SledFlush,
         journal: Journal,
         encode: impl FnMut(&[W]) -> Vec<u8> + Send + 'static,
         apply: impl FnMut(&mut Vec<W>) -> Result<(), String> + Send + 'static,
     ) -> Self {
         let attempts = Arc::new(AttemptClock::new());
         let committer = Committer {
-            db,
+            sled,
             journal,
             encode: Box::new(encode),
             apply: Box::new(apply),
@@ -336,7 +337,7 @@ fn write_until_shutdown<W>(queue: &(Mutex<Queue<W>>, Condvar), progress: &watch:
 }
 
 struct Committer<W> {
-    db: sled::Db,
+    sled: SledFlush,
     journal: Journal,
     encode: Encode<W>,
     apply: Apply<W>,
@@ -352,34 +353,45 @@ impl<W> Committer<W> {
     /// the next append, and a group journaled and applied twice leaves every
     /// key with its last value, as once would.
     fn try_commit(&mut self, group: &mut Group<W>, may_checkpoint: bool) -> Result<bool, String> {
-        let attempts = Arc::clone(&self.attempts);
-        let _attempt = attempts.begin();
+        let _attempt = self.attempts.begin();
         if !group.writes.is_empty() {
             let record = (self.encode)(&group.writes);
             if !self.journal.has_room(record.len()) {
                 if !may_checkpoint {
                     return Ok(false);
                 }
-                self.try_checkpoint()?;
+                checkpoint(&mut self.sled, &mut self.journal)?;
             }
             self.journal.append(&record).map_err(|e| e.to_string())?;
             (self.apply)(&mut group.writes)?;
         }
         if group.checkpoint {
-            self.try_checkpoint()?;
+            checkpoint(&mut self.sled, &mut self.journal)?;
             group.checkpoint = false;
         }
         Ok(true)
     }
 
-    /// Flushes sled: everything journaled is then in sled on disk, and the
-    /// journal starts over.
     fn try_checkpoint(&mut self) -> Result<(), String> {
-        let attempts = Arc::clone(&self.attempts);
-        let _attempt = attempts.begin();
-        self.db.flush().map_err(|e| format!("flushing sled: {e}"))?;
-        self.journal.restart().map_err(|e| e.to_string())
+        let _attempt = self.attempts.begin();
+        checkpoint(&mut self.sled, &mut self.journal)
     }
+}
+
+/// Flushes sled: everything journaled is then in sled on disk, and the
+/// journal starts over.
+fn checkpoint(sled: &mut SledFlush, journal: &mut Journal) -> Result<(), String> {
+    let started = Instant::now();
+    let journaled_bytes = journal.record_bytes();
+    sled.flush().map_err(|e| format!("flushing sled: {e}"))?;
+    journal.restart().map_err(|e| e.to_string())?;
+    // Writes wait meanwhile: a checkpoint explains a pause in their latency.
+    tracing::debug!(
+        journaled_bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "checkpoint: sled is flushed, the journal starts over"
+    );
+    Ok(())
 }
 
 /// When the commit attempt in progress began.
@@ -475,7 +487,7 @@ mod tests {
         let (journal, replay) = Journal::open(&journal_path(dir)).expect("opening the journal");
         assert!(replay.is_empty());
         let encode = |writes: &[&'static str]| writes.join(",").into_bytes();
-        GroupCommit::start(db.clone(), journal, encode, apply)
+        GroupCommit::start(SledFlush::new(db.clone(), &dir.path().join("db")), journal, encode, apply)
     }
 
     /// A group commit whose `apply` inserts each write's key and reports the group.

@@ -98,13 +98,17 @@ impl Journal {
         }
         journal.next_seq = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
         let generation_start = journal.next_seq;
+        // About the journal's capacity (more only after a record larger than
+        // that), and searched byte by byte if damaged: read it at once.
+        let mut contents = vec![0u8; len as usize];
+        journal.file.read_exact_at(&mut contents, 0).map_err(io_error)?;
         let mut records = Vec::new();
         let stop = loop {
-            match journal.read_record_at(journal.end).map_err(io_error)? {
+            match record_at(&contents, journal.end) {
                 Some(record) if record.seq == journal.next_seq && record.is_whole() => {
                     journal.end += record.stored_len();
                     journal.next_seq += 1;
-                    records.push(record.payload);
+                    records.push(record.payload.to_vec());
                 }
                 stop => break stop,
             }
@@ -113,7 +117,7 @@ impl Journal {
         // anything else (zeros, a torn record) is searched behind.
         let ends_at_the_previous_generation = stop.is_some_and(|r| r.is_whole() && r.seq < generation_start);
         if !ends_at_the_previous_generation
-            && let Some((later_offset, later_seq)) = journal.find_later_record().map_err(io_error)?
+            && let Some((later_offset, later_seq)) = journal.find_later_record(&contents)
         {
             return Err(JournalError::Damaged {
                 path: path.to_owned(),
@@ -126,47 +130,29 @@ impl Journal {
         Ok((journal, records))
     }
 
-    /// The record at byte `at`, if one fits in the file there.
-    fn read_record_at(&self, at: u64) -> io::Result<Option<StoredRecord>> {
-        let mut header = [0u8; RECORD_HEADER_BYTES];
-        if at + RECORD_HEADER_BYTES as u64 > self.len {
-            return Ok(None);
-        }
-        self.file.read_exact_at(&mut header, at)?;
-        let (payload_len, crc, seq) = StoredRecord::parse_header(&header);
-        let payload_at = at + RECORD_HEADER_BYTES as u64;
-        if payload_at + payload_len as u64 > self.len {
-            return Ok(None);
-        }
-        let mut payload = vec![0u8; payload_len];
-        self.file.read_exact_at(&mut payload, payload_at)?;
-        Ok(Some(StoredRecord { crc, seq, payload }))
-    }
-
     /// The offset and sequence number of the first whole record behind
-    /// `self.end` that belongs after the records read, if any. Every byte
-    /// offset is tried, since the damage may have hit a record's length.
-    fn find_later_record(&self) -> io::Result<Option<(u64, u64)>> {
-        let from = self.end + 1;
-        let mut rest = vec![0u8; self.len.saturating_sub(from) as usize];
-        self.file.read_exact_at(&mut rest, from)?;
-        let Some(last_header_at) = rest.len().checked_sub(RECORD_HEADER_BYTES) else { return Ok(None) };
-        Ok((0..=last_header_at).find_map(|at| {
-            let (payload_len, crc, seq) = StoredRecord::parse_header(&rest[at..]);
+    /// `self.end` in the file's `contents` that belongs after the records
+    /// read, if any. Every byte offset is tried, since the damage may have
+    /// hit a record's length.
+    fn find_later_record(&self, contents: &[u8]) -> Option<(u64, u64)> {
+        (self.end + 1..contents.len() as u64).find_map(|at| {
+            let record = record_at(contents, at)?;
             // No more records than headers can follow; most offsets fail here.
-            let most_records_left = ((rest.len() - at) / RECORD_HEADER_BYTES) as u64;
-            if seq < self.next_seq || seq - self.next_seq > most_records_left {
-                return None;
-            }
-            let payload = rest.get(at + RECORD_HEADER_BYTES..)?.get(..payload_len)?;
-            (record_crc(seq, payload) == crc).then_some((from + at as u64, seq))
-        }))
+            let most_records_left = (contents.len() as u64 - at) / RECORD_HEADER_BYTES as u64;
+            let plausible = record.seq >= self.next_seq && record.seq - self.next_seq <= most_records_left;
+            (plausible && record.is_whole()).then_some((at, record.seq))
+        })
     }
 
     /// Whether a record of `payload_len` bytes fits before the journal must
     /// start over. An empty journal takes a record of any size.
     pub fn has_room(&self, payload_len: usize) -> bool {
         self.end == HEADER_BYTES || self.end + (RECORD_HEADER_BYTES + payload_len) as u64 <= CAPACITY_BYTES
+    }
+
+    /// Bytes of the records appended since the last [`Self::restart`].
+    pub fn record_bytes(&self) -> u64 {
+        self.end - HEADER_BYTES
     }
 
     /// Appends a record and syncs it to disk. On error nothing is appended
@@ -208,27 +194,31 @@ impl Journal {
 }
 
 /// A record as found in the file, whole or not.
-struct StoredRecord {
+struct StoredRecord<'a> {
     crc: u32,
     seq: u64,
-    payload: Vec<u8>,
+    payload: &'a [u8],
 }
 
-impl StoredRecord {
-    fn parse_header(header: &[u8]) -> (usize, u32, u64) {
-        let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        (payload_len, crc, seq)
-    }
-
+impl StoredRecord<'_> {
     fn is_whole(&self) -> bool {
-        record_crc(self.seq, &self.payload) == self.crc
+        record_crc(self.seq, self.payload) == self.crc
     }
 
     fn stored_len(&self) -> u64 {
         (RECORD_HEADER_BYTES + self.payload.len()) as u64
     }
+}
+
+/// The record at byte `at` of the file's `contents`, if one fits there.
+fn record_at(contents: &[u8], at: u64) -> Option<StoredRecord<'_>> {
+    let rest = contents.get(usize::try_from(at).ok()?..)?;
+    let header = rest.get(..RECORD_HEADER_BYTES)?;
+    let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let payload = rest[RECORD_HEADER_BYTES..].get(..payload_len)?;
+    Some(StoredRecord { crc, seq, payload })
 }
 
 fn record_crc(seq: u64, payload: &[u8]) -> u32 {

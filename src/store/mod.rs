@@ -10,6 +10,7 @@ mod durability;
 mod journal;
 pub mod json;
 pub mod record;
+mod sled_flush;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ pub use validate::InvalidField;
 use crypto::Cipher;
 use durability::GroupCommit;
 use journal::Journal;
+use sled_flush::SledFlush;
 
 /// Root key of the document's JSON content.
 const DATA_KEY: &str = "data";
@@ -266,14 +268,17 @@ impl DocumentStore {
                 epoch
             }
         };
-        db.flush()?;
+        // What opening wrote (the replayed journal, a new store's markers)
+        // is durable before the journal starts over.
+        let mut sled_flush = SledFlush::new(db.clone(), &path);
+        sled_flush.flush()?;
         if !unapplied.is_empty() {
             journal.restart()?;
         }
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let applied_head = Arc::new(AtomicU64::new(log_head));
         let commit = GroupCommit::start(
-            db.clone(),
+            sled_flush,
             journal,
             |writes: &[PendingWrite]| record::encode_writes(writes.iter().flat_map(|write| &write.ops)),
             {

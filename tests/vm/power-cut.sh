@@ -4,14 +4,18 @@
 #
 #   power-cut.sh write  DISK BINARY         make a file system on DISK, serve
 #       from it (encrypted at rest) and write documents from four concurrent
-#       writers, printing `acked <id>` after each acknowledged write, until
-#       the power goes
+#       writers of small documents and one of large ones, printing
+#       `acked <id> [<sha256>]` after each acknowledged write and
+#       `checkpoint: ...` after each checkpoint, until the power goes
 #   power-cut.sh verify DISK BINARY ACKED   mount DISK again (the file system
 #       recovers its own journal), serve the same data and check that every
 #       document of the `acked` lines in the file ACKED is there with the
 #       content it was written with
 #
-# The host collects the `acked` lines of the first boot for the second.
+# The host collects the `acked` lines of the first boot for the second. It
+# cuts the power only after a checkpoint: the large documents fill the
+# store's journal, so writes acknowledged before the cut then live in sled's
+# flushed files as well as in the journal that started over.
 set -eu
 
 phase=$1
@@ -20,8 +24,9 @@ bin=$3
 data=/mnt/peat-power-cut
 api=unix:///run/peat-power-cut.sock
 collection=power
-# Its own empty configuration: an installed package's settings stay out.
+# Its own configuration: an installed package's settings stay out.
 config=/run/peat-power-cut.yaml
+log=/run/peat-power-cut.log
 # Encrypted at rest, so that sealed values are what the cut interrupts.
 key=$data/encryption.key
 
@@ -30,15 +35,16 @@ ctl() {
 }
 
 start_sidecar() {
-    : >"$config"
+    # The store's checkpoints are logged at debug level.
+    echo "log_level: info,peat_sidecar::store=debug" >"$config"
     "$bin" --config "$config" serve --data-dir "$data/store" --listen "$api" --mesh-listen disabled \
-        --encryption-key-file "$key" >/run/peat-power-cut.log 2>&1 &
+        --encryption-key-file "$key" >"$log" 2>&1 &
     tries=0
     until ctl status >/dev/null 2>&1; do
         tries=$((tries + 1))
         if [ "$tries" -gt 600 ]; then
             echo "the sidecar did not start:"
-            cat /run/peat-power-cut.log
+            cat "$log"
             exit 1
         fi
         sleep 0.1
@@ -58,6 +64,35 @@ writer() {
     done
 }
 
+# Random content does not compress: each write journals about 1.5 MiB (the
+# change and the document's record each hold the content), so the 16 MiB
+# journal fills, and the store checkpoints, every ~11 of them. The
+# acknowledgement carries the document's checksum.
+large_writer() {
+    i=0
+    while :; do
+        i=$((i + 1))
+        id="large-$i"
+        doc="{\"blob\":\"$(head -c 589824 /dev/urandom | base64 -w0)\"}"
+        sum=$(printf '%s' "$doc" | sha256sum)
+        if printf '%s' "$doc" | ctl put "$collection" "$id" - >/dev/null; then
+            echo "acked $id ${sum%% *}"
+        else
+            echo "put $id failed"
+        fi
+    done
+}
+
+# The checkpoints from now on (not the one at the first start, which
+# persists the node id).
+report_checkpoints() {
+    tail -n 0 -F "$log" 2>/dev/null | while IFS= read -r line; do
+        case $line in
+            *"checkpoint: "*) echo "checkpoint: ${line#*checkpoint: }" ;;
+        esac
+    done
+}
+
 mkdir -p "$data"
 case $phase in
 write)
@@ -72,9 +107,11 @@ write)
     sync
     start_sidecar
     echo "writing"
+    report_checkpoints &
     for w in 1 2 3 4; do
         writer "$w" &
     done
+    large_writer &
     # Until the host cuts the power.
     wait
     ;;
@@ -85,19 +122,36 @@ verify)
     stored=$(ctl list "$collection" | wc -l)
     checked=0
     lost=0
-    while read -r _ id; do
-        # The id says what was written: w<writer>-<i> holds {"writer":<writer>,"i":<i>}.
-        w=${id#w}
-        w=${w%%-*}
-        i=${id##*-}
+    large=0
+    while read -r _ id sum; do
         got=$(ctl get "$collection" "$id" 2>&1 </dev/null) || got="(missing: $got)"
-        case $got in
-            "{\"i\":$i,\"writer\":$w}" | "{\"writer\":$w,\"i\":$i}") ;;
+        case $id in
+            large-*)
+                large=$((large + 1))
+                if [ "$(printf '%s' "$got" | sha256sum | cut -d' ' -f1)" = "$sum" ]; then
+                    got=ok
+                else
+                    echo "LOST $id: its content is not the $sum acknowledged: $(printf '%s' "$got" | head -c 200)"
+                    got=lost
+                fi
+                ;;
             *)
-                echo "LOST $id: $got"
-                lost=$((lost + 1))
+                # The id says what was written: w<writer>-<i> holds {"writer":<writer>,"i":<i>}.
+                w=${id#w}
+                w=${w%%-*}
+                i=${id##*-}
+                case $got in
+                    "{\"i\":$i,\"writer\":$w}" | "{\"writer\":$w,\"i\":$i}") got=ok ;;
+                    *)
+                        echo "LOST $id: $got"
+                        got=lost
+                        ;;
+                esac
                 ;;
         esac
+        if [ "$got" = lost ]; then
+            lost=$((lost + 1))
+        fi
         checked=$((checked + 1))
     done <"$acked"
     if [ "$checked" -eq 0 ]; then
@@ -108,7 +162,7 @@ verify)
         echo "$lost of $checked acknowledged writes lost in the power cut"
         exit 1
     fi
-    echo "verified: all $checked acknowledged documents are back ($stored stored: writes in flight may land too)"
+    echo "verified: all $checked acknowledged documents are back, $large of them large ($stored stored: writes in flight may land too)"
     ;;
 *)
     echo "usage: power-cut.sh write DISK BINARY | verify DISK BINARY ACKED" >&2

@@ -1,9 +1,11 @@
 //! Acknowledged writes survive a power cut, not only a killed process: a
-//! guest writes documents from four concurrent writers onto a raw data disk
+//! guest writes documents from five concurrent writers onto a raw data disk
 //! and the host kills qemu mid-stream (the guest's page cache and every
-//! unflushed write are lost; what the guest flushed is in the host's file).
-//! A second boot on the same disk checks every document whose write was
-//! acknowledged before the cut. Both halves are tests/vm/power-cut.sh.
+//! unflushed write are lost; what the guest flushed is in the host's file),
+//! once enough writes were acknowledged and the store has checkpointed at
+//! least once. A second boot on the same disk checks every document whose
+//! write was acknowledged before the cut. Both halves are
+//! tests/vm/power-cut.sh.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +31,7 @@ pub fn run(root: &Path, image: &Image, accel: Accel, work: &Path, binary: &Path)
     let job = |args: &str| format!("exec sh ./power-cut.sh {args}\n");
 
     guest::write_job(&share, &job(&format!("write {DATA_DISK} \"$PWD/peat-sidecar\"")))?;
-    let enough = |log: &str| acknowledged(log).count() >= ACKED_BEFORE_CUT;
+    let enough = |log: &str| acknowledged(log).count() >= ACKED_BEFORE_CUT && checkpoints(log).next().is_some();
     let options = BootOptions { quiet: true, prefix: None, data_disk: Some(&disk), cut_power_when: Some(&enough) };
     let writing = guest::boot(image, accel, work, &share, &limits, &options)?;
     if !writing.power_cut {
@@ -40,7 +42,12 @@ pub fn run(root: &Path, image: &Image, accel: Accel, work: &Path, binary: &Path)
     }
     // Read after qemu is gone: every line in it was acknowledged before the cut.
     let acked: Vec<&str> = acknowledged(&writing.log).collect();
-    println!("[power-cut] power cut after {} acknowledged writes ({:.1} s)", acked.len(), writing.seconds);
+    println!(
+        "[power-cut] power cut after {} acknowledged writes and {} checkpoints ({:.1} s)",
+        acked.len(),
+        checkpoints(&writing.log).count(),
+        writing.seconds
+    );
     std::fs::write(share.join("acked"), acked.iter().map(|line| format!("{line}\n")).collect::<String>())?;
 
     guest::write_job(&share, &job(&format!("verify {DATA_DISK} \"$PWD/peat-sidecar\" \"$PWD/acked\"")))?;
@@ -56,4 +63,9 @@ pub fn run(root: &Path, image: &Image, accel: Accel, work: &Path, binary: &Path)
 /// The writing guest's `acked <id>` lines.
 fn acknowledged(log: &str) -> impl Iterator<Item = &str> {
     log.lines().filter(|line| line.starts_with("acked "))
+}
+
+/// The writing guest's `checkpoint: ...` lines.
+fn checkpoints(log: &str) -> impl Iterator<Item = &str> {
+    log.lines().filter(|line| line.starts_with("checkpoint: "))
 }
