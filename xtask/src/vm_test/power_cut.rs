@@ -42,6 +42,9 @@ pub fn run(root: &Path, image: &Image, accel: Accel, work: &Path, binary: &Path)
     }
     // Read after qemu is gone: every line in it was acknowledged before the cut.
     let acked: Vec<&str> = acknowledged(&writing.log).collect();
+    for checkpoint in checkpoints(&writing.log) {
+        println!("[power-cut] {checkpoint}");
+    }
     println!(
         "[power-cut] power cut after {} acknowledged writes and {} checkpoints ({:.1} s)",
         acked.len(),
