@@ -619,3 +619,44 @@ fn a_data_dir_in_use_is_refused_at_startup() {
         );
     });
 }
+
+#[test]
+fn ctl_writes_reads_lists_and_deletes_documents_including_one_read_from_stdin() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = SidecarOptions::new(&dir.path().join("data")).listen(Listen::Unix).start();
+    let addr = format!("unix://{}", sidecar.socket_path().unwrap().display());
+    let ctl = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(support::binary())
+            .args(["ctl", "--addr", &addr])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Dropping stdin closes it: `put ... -` reads to its end.
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        (output.status.code(), text(output.stdout), text(output.stderr))
+    };
+
+    assert_eq!(ctl(&["put", "c", "inline", r#"{"n":1}"#], None).0, Some(0));
+    // Larger than one command-line argument may be (128 KiB).
+    let large = format!(r#"{{"blob":"{}"}}"#, "x".repeat(200 * 1024));
+    assert_eq!(ctl(&["put", "c", "from-stdin", "-"], Some(&large)).0, Some(0));
+    assert_eq!(ctl(&["get", "c", "inline"], None), (Some(0), "{\"n\":1}\n".into(), String::new()));
+    assert_eq!(ctl(&["get", "c", "from-stdin"], None).1, format!("{large}\n"));
+    assert_eq!(ctl(&["list", "c"], None).1, "from-stdin\ninline\n");
+
+    assert_eq!(ctl(&["delete", "c", "inline"], None).0, Some(0));
+    let (code, stdout, stderr) = ctl(&["get", "c", "inline"], None);
+    assert_eq!((code, stdout.as_str(), stderr.trim()), (Some(1), "", "not found"));
+    let (code, _, stderr) = ctl(&["put", "c", "bad", "[1]"], None);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("json_data"), "{stderr}");
+    assert_eq!(ctl(&["list", "c"], None).1, "from-stdin\n");
+}
