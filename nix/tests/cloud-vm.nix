@@ -3,9 +3,9 @@
 # in the package and the shared guest script (tests/vm/guest-check.sh), run
 # it as root and fail when it fails. Then the shared power-cut check
 # (tests/vm/power-cut.sh): the static binary writes onto a raw data disk
-# until enough writes are acknowledged and the store has checkpointed, qemu
-# is killed, and after a second boot every acknowledged document must be
-# back. The guest's only network is qemu's user-mode stack with ssh
+# until enough writes are acknowledged and the store has just checkpointed,
+# qemu is killed, and after a second boot every acknowledged document must
+# be back. The guest's only network is qemu's user-mode stack with ssh
 # forwarded to the build sandbox's loopback.
 { pkgs
 , name
@@ -24,8 +24,8 @@ let
     inherit (image) url hash;
   };
   sshPort = "2222";
-  # Acknowledged writes to wait for before the power cut (which also waits
-  # for the store's first checkpoint).
+  # Acknowledged writes to wait for before the power cut (which then comes
+  # as soon as the store reports a finished checkpoint).
   ackedBeforeCut = "100";
 in
 pkgs.runCommand "peat-sidecar-vm-${name}"
@@ -129,16 +129,16 @@ pkgs.runCommand "peat-sidecar-vm-${name}"
     guest "sudo sh /tmp/peat-power-cut/power-cut.sh write $data_disk /tmp/peat-power-cut/peat-sidecar" \
       > power-cut-write.log 2>&1 &
     writer=$!
-    for _ in $(seq 1 3000); do
+    for _ in $(seq 1 30000); do
       if [ "$(grep -c '^acked ' power-cut-write.log || true)" -ge ${ackedBeforeCut} ] \
-        && grep -q '^checkpoint: ' power-cut-write.log; then break; fi
-      sleep 0.2
+        && grep '^checkpoint ' power-cut-write.log | tail -n 1 | grep -q '^checkpoint done'; then break; fi
+      sleep 0.02
     done
     kill -KILL $qemu_pid
     wait $qemu_pid || true
     wait $writer || true
     grep '^acked ' power-cut-write.log > acked || true
-    if [ "$(wc -l < acked)" -lt ${ackedBeforeCut} ] || ! grep '^checkpoint: ' power-cut-write.log \
+    if [ "$(wc -l < acked)" -lt ${ackedBeforeCut} ] || ! grep '^checkpoint done' power-cut-write.log \
       || grep ' failed$' power-cut-write.log; then
       echo "power-cut.sh write did not get to the power cut on ${name}"; cat power-cut-write.log; exit 1
     fi

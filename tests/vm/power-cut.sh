@@ -6,16 +6,18 @@
 #       from it (encrypted at rest) and write documents from four concurrent
 #       writers of small documents and one of large ones, printing
 #       `acked <id> [<sha256>]` after each acknowledged write and
-#       `checkpoint: ...` after each checkpoint, until the power goes
+#       `checkpoint started|done ...` as the store checkpoints, until the
+#       power goes
 #   power-cut.sh verify DISK BINARY ACKED   mount DISK again (the file system
 #       recovers its own journal), serve the same data and check that every
 #       document of the `acked` lines in the file ACKED is there with the
 #       content it was written with
 #
 # The host collects the `acked` lines of the first boot for the second. It
-# cuts the power only after a checkpoint: the large documents fill the
-# store's journal, so writes acknowledged before the cut then live in sled's
-# flushed files as well as in the journal that started over.
+# cuts the power at a checkpoint, which the large documents bring about by
+# filling the store's journal: as one starts (sled's flush is cut short, the
+# full journal must replay onto what sled kept) or right after one finished
+# (the journal has started over: the writes before it are only in sled).
 set -eu
 
 phase=$1
@@ -88,7 +90,7 @@ large_writer() {
 report_checkpoints() {
     tail -n 0 -F "$log" 2>/dev/null | while IFS= read -r line; do
         case $line in
-            *"checkpoint: "*) echo "checkpoint: ${line#*checkpoint: }" ;;
+            *"checkpoint started: "* | *"checkpoint done: "*) echo "checkpoint ${line#*checkpoint }" ;;
         esac
     done
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use guest::{Accel, BootOptions, Limits};
+use power_cut::Cut;
 
 const USAGE: &str = "\
 usage: cargo xtask vm-test [options]
@@ -31,7 +32,8 @@ Needs root and `cargo xtask dist` output.
 
 options:
   --kinds LIST      comma-separated subset of:
-                    deb,rpm,install.sh,power-cut,mesh (default: all)
+                    deb,rpm,install.sh,power-cut,power-cut-in-checkpoint,
+                    mesh (default: all)
   --dist DIR        where `cargo xtask dist` put the artifacts (default: dist)
   --cache-dir DIR   guest image cache (default: $PEAT_SIDECAR_VM_CACHE,
                     $XDG_CACHE_HOME/peat-sidecar-vm, or
@@ -47,7 +49,7 @@ options:
 environment: PEAT_SIDECAR_VM_MIRROR (Debian mirror for the guest image)
 ";
 
-const ALL_KINDS: &[&str] = &["deb", "rpm", "install.sh", "power-cut", "mesh"];
+const ALL_KINDS: &[&str] = &["deb", "rpm", "install.sh", "power-cut", "power-cut-in-checkpoint", "mesh"];
 
 struct Options {
     kinds: Vec<String>,
@@ -181,7 +183,12 @@ pub fn run(args: &[String]) -> Result<()> {
                             let work = run_dir.join(&kind);
                             let began = Instant::now();
                             let row = match kind.as_str() {
-                                "power-cut" => power_cut_row(&root, &image, accel, &work, &art.binary()),
+                                "power-cut" => {
+                                    power_cut_row(&root, &image, accel, &work, &art.binary(), Cut::AfterCheckpoint)
+                                }
+                                "power-cut-in-checkpoint" => {
+                                    power_cut_row(&root, &image, accel, &work, &art.binary(), Cut::InCheckpoint)
+                                }
                                 package_kind => {
                                     let (artifact, newer) = match package_kind {
                                         "deb" => (&art.deb, &upgrade.0),
@@ -230,9 +237,9 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("  {name:<32} {secs:>7.1} s");
     }
     println!("  {:<32} {:>7.1} s", "total", started.elapsed().as_secs_f64());
-    println!("\n{:<12} {:<6} {:>8}", "kind", "result", "seconds");
+    println!("\n{:<24} {:<6} {:>8}", "kind", "result", "seconds");
     for r in &rows {
-        println!("{:<12} {:<6} {:>8.1}", r.kind, if r.passed { "pass" } else { "FAIL" }, r.seconds);
+        println!("{:<24} {:<6} {:>8.1}", r.kind, if r.passed { "pass" } else { "FAIL" }, r.seconds);
     }
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.passed).collect();
     let passed = rows.len() - failed.len();
@@ -287,10 +294,10 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
     Ok(())
 }
 
-/// The power-cut check (two boots on one data disk) as a row.
-fn power_cut_row(root: &Path, image: &image::Image, accel: Accel, work: &Path, binary: &Path) -> Result<Row> {
-    let seconds = power_cut::run(root, image, accel, work, binary)?;
-    Ok(Row { kind: "power-cut".into(), passed: true, seconds, note: String::new() })
+/// A power-cut check (two boots on one data disk) as a row.
+fn power_cut_row(root: &Path, image: &image::Image, accel: Accel, work: &Path, binary: &Path, cut: Cut) -> Result<Row> {
+    let seconds = power_cut::run(root, image, accel, work, binary, cut)?;
+    Ok(Row { kind: cut.kind().into(), passed: true, seconds, note: String::new() })
 }
 
 /// One kind in one fresh guest: share the script and artifacts, boot, and

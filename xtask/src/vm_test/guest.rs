@@ -211,7 +211,9 @@ pub fn boot(
             aborted = Some(format!("the guest did not power off within {} s", limits.total.as_secs()));
             break;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // Cutting the power is timed to what the guest reports.
+        let poll = if options.cut_power_when.is_some() { 20 } else { 200 };
+        std::thread::sleep(Duration::from_millis(poll));
     }
     drop(qemu);
     if let Some(f) = follower.as_mut() {
