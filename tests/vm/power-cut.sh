@@ -53,16 +53,21 @@ start_sidecar() {
     done
 }
 
+# put ID DOC [SUM]: writes DOC (from stdin, as large ones must be) and says
+# whether the write was acknowledged, with SUM if given.
+put() {
+    if printf '%s' "$2" | ctl put "$collection" "$1" - >/dev/null; then
+        echo "acked $1${3:+ $3}"
+    else
+        echo "put $1 failed"
+    fi
+}
+
 writer() {
     i=0
     while :; do
         i=$((i + 1))
-        id="w$1-$i"
-        if ctl put "$collection" "$id" "{\"writer\":$1,\"i\":$i}" >/dev/null; then
-            echo "acked $id"
-        else
-            echo "put $id failed"
-        fi
+        put "w$1-$i" "{\"writer\":$1,\"i\":$i}"
     done
 }
 
@@ -74,14 +79,9 @@ large_writer() {
     i=0
     while :; do
         i=$((i + 1))
-        id="large-$i"
         doc="{\"blob\":\"$(head -c 589824 /dev/urandom | base64 -w0)\"}"
         sum=$(printf '%s' "$doc" | sha256sum)
-        if printf '%s' "$doc" | ctl put "$collection" "$id" - >/dev/null; then
-            echo "acked $id ${sum%% *}"
-        else
-            echo "put $id failed"
-        fi
+        put "large-$i" "$doc" "${sum%% *}"
     done
 }
 
