@@ -3,14 +3,15 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Directive;
 
 use crate::cli::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
 pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(env)?,
-        _ => EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("setting `log_level`: {e}"))?,
+        Ok(env) if !env.is_empty() => filter(&env)?,
+        _ => filter(level).map_err(|e| anyhow::anyhow!("setting `log_level`: {e}"))?,
     };
     // Colour only for a person at a terminal, never into files or journals.
     let builder = tracing_subscriber::fmt()
@@ -25,4 +26,42 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
         (LogFormat::Text, false) => builder.try_init(),
     }
     .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+/// The filter for a `log_level` or `RUST_LOG` spec. Automerge opens a span
+/// at INFO in every commit and change encoding: at the default level each
+/// write would pay for creating and formatting spans that never show up in
+/// a log line. Unless the spec names automerge, it logs warnings and errors only.
+fn filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(spec)?;
+    if spec.contains("automerge") {
+        return Ok(filter);
+    }
+    let quiet_automerge: Directive = "automerge=warn".parse()?;
+    Ok(filter.add_directive(quiet_automerge))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automerge_spans_stay_off_at_every_plain_level() {
+        for level in ["error", "info", "debug", "trace", "info,peat_sidecar::mesh=debug"] {
+            let directives = filter(level).unwrap().to_string();
+            assert!(directives.split(',').any(|d| d == "automerge=warn"), "{level}: {directives}");
+        }
+    }
+
+    #[test]
+    fn a_spec_naming_automerge_is_kept_as_written() {
+        let directives = filter("info,automerge=trace").unwrap().to_string();
+        assert!(directives.contains("automerge=trace"), "{directives}");
+        assert!(!directives.contains("automerge=warn"), "{directives}");
+    }
+
+    #[test]
+    fn a_bad_spec_is_an_error() {
+        assert!(filter("info,[=").is_err());
+    }
 }
