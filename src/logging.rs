@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::Directive;
+use tracing_subscriber::filter::{Directive, LevelFilter};
 
 use crate::cli::LogFormat;
 
@@ -31,10 +31,12 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
 /// The filter for a `log_level` or `RUST_LOG` spec. Automerge opens a span
 /// at INFO in every commit and change encoding: at the default level each
 /// write would pay for creating and formatting spans that never show up in
-/// a log line. Unless the spec names automerge, it logs warnings and errors only.
+/// a log line. Unless the spec names automerge, it logs warnings and errors
+/// only (or less, when the spec asks for less).
 fn filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let filter = EnvFilter::try_new(spec)?;
-    if spec.contains("automerge") {
+    let quiet_already = filter.max_level_hint().is_some_and(|most| most <= LevelFilter::WARN);
+    if quiet_already || spec.contains("automerge") {
         return Ok(filter);
     }
     let quiet_automerge: Directive = "automerge=warn".parse()?;
@@ -46,10 +48,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn automerge_spans_stay_off_at_every_plain_level() {
-        for level in ["error", "info", "debug", "trace", "info,peat_sidecar::mesh=debug"] {
+    fn automerge_spans_stay_off_at_every_verbose_level() {
+        for level in ["info", "debug", "trace", "error,peat_sidecar::mesh=debug"] {
             let directives = filter(level).unwrap().to_string();
             assert!(directives.split(',').any(|d| d == "automerge=warn"), "{level}: {directives}");
+        }
+    }
+
+    #[test]
+    fn a_quieter_level_is_not_raised_for_automerge() {
+        for level in ["warn", "error", "off"] {
+            let directives = filter(level).unwrap().to_string();
+            assert!(!directives.contains("automerge"), "{level}: {directives}");
         }
     }
 
