@@ -31,8 +31,8 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
 /// The filter for a `log_level` or `RUST_LOG` spec. Automerge opens a span
 /// at INFO in every commit and change encoding: at the default level each
 /// write would pay for creating and formatting spans that never show up in
-/// a log line. Unless the spec names automerge, it logs warnings and errors
-/// only (or less, when the spec asks for less).
+/// a log line. So automerge is capped at `warn`, unless the spec names it or
+/// nothing in the spec is more verbose than `warn`.
 fn filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let filter = EnvFilter::try_new(spec)?;
     let quiet_already = filter.max_level_hint().is_some_and(|most| most <= LevelFilter::WARN);
