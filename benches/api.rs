@@ -277,12 +277,8 @@ fn sled_floor(work: &std::path::Path, total: usize) -> f64 {
 /// The floor under PutDocument without the RPC stack: the store's own
 /// durable `put_json` from `concurrency` tasks in this process.
 fn store_floor(rt: &tokio::runtime::Runtime, work: &std::path::Path, concurrency: usize, total: usize) -> Measured {
-    let store = peat_sidecar::store::DocumentStore::open(&peat_sidecar::store::StoreOptions {
-        path: work.join(format!("store-floor-c{concurrency}")),
-        encryption_key: None,
-        max_document_bytes: 1 << 20,
-    })
-    .unwrap();
+    let options = peat_sidecar::store::StoreOptions::new(work.join(format!("store-floor-c{concurrency}")));
+    let store = peat_sidecar::store::DocumentStore::open(&options).unwrap();
     rt.block_on(load(concurrency, total, move |i| {
         let store = store.clone();
         async move {

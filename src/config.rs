@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{LogFormat, SettingsArgs};
+use crate::store::{DEFAULT_DOCUMENT_CACHE_BYTES, DEFAULT_MAX_DOCUMENT_BYTES};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/peat-sidecar/config.yaml";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/peat-sidecar";
@@ -82,6 +83,8 @@ pub struct Settings {
     pub auto_sync: bool,
     /// Largest accepted JSON document, in bytes.
     pub max_document_bytes: usize,
+    /// Estimated memory, in bytes, of the documents kept loaded while unused.
+    pub document_cache_bytes: usize,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
     /// `tracing` filter, e.g. `info` or `peat_sidecar=debug,info`.
@@ -118,7 +121,8 @@ impl Default for Settings {
             mesh_tls_ca: None,
             mesh_max_sessions: 64,
             auto_sync: true,
-            max_document_bytes: 1024 * 1024,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            document_cache_bytes: DEFAULT_DOCUMENT_CACHE_BYTES,
             max_request_bytes: 4 * 1024 * 1024,
             log_level: "info".into(),
             log_format: LogFormat::Text,

@@ -127,8 +127,7 @@ fn bad_requests_are_refused_naming_the_field_and_change_nothing() {
     assert!(status.success());
 
     // The store on disk holds the one valid document and nothing else.
-    let store =
-        DocumentStore::open(&StoreOptions { path: data, encryption_key: None, max_document_bytes: ONE_MIB }).unwrap();
+    let store = DocumentStore::open(&StoreOptions::new(data)).unwrap();
     let keys: Vec<String> = store.all_heads().map(|entry| entry.unwrap().0.to_string()).collect();
     assert_eq!(keys, ["keep/k1"]);
     assert_eq!(store.get("keep", "k1").unwrap().as_deref(), Some(r#"{"v":1}"#));

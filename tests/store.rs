@@ -1,7 +1,7 @@
 //! The document store on disk, simulating two nodes: field-level merge of
 //! concurrent edits exchanged with the Automerge sync protocol, the semantics
 //! of a delete concurrent with an update, reopening, completing a write a
-//! crash cut short, and history growth.
+//! crash cut short, history growth, and a cache smaller than the documents.
 
 use std::sync::Arc;
 
@@ -9,19 +9,10 @@ use automerge::sync;
 use peat_sidecar::store::{DocKey, DocumentStore, Origin, StoreOptions};
 use serde_json::{Value, json};
 
+mod support;
+
 fn open(dir: &std::path::Path) -> DocumentStore {
-    let options = StoreOptions { path: dir.to_owned(), encryption_key: None, max_document_bytes: 1 << 20 };
-    // sled's background I/O threads may hold the directory lock for a moment
-    // after the last handle of a previous open is dropped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match DocumentStore::open(&options) {
-            Err(err) if err.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            result => return result.expect("opening the store"),
-        }
-    }
+    support::open_store(&StoreOptions::new(dir))
 }
 
 fn get(store: &DocumentStore, key: &DocKey) -> Option<Value> {
@@ -262,4 +253,46 @@ async fn invalid_input_never_reaches_the_store() {
         assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
     }
     assert_eq!(store.all_heads().count(), 0);
+}
+
+#[tokio::test]
+async fn a_cache_smaller_than_the_documents_evicts_idle_ones_and_loses_nothing() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Room for a few loaded documents (~16 KiB each), not for a hundred.
+    let budget = 64 * 1024;
+    let small_cache = |dir: &std::path::Path| {
+        support::open_store(&StoreOptions { document_cache_bytes: budget, ..StoreOptions::new(dir) })
+    };
+    let (a, b) = (small_cache(dir_a.path()), small_cache(dir_b.path()));
+    let keys: Vec<DocKey> = (0..100).map(|n| DocKey::new("platforms", format!("p{n}"))).collect();
+    for (n, key) in keys.iter().enumerate() {
+        assert!(put(&a, key, json!({"n": n, "status": "ready"})).await);
+    }
+    // Updates load each document again, after it was evicted.
+    for (n, key) in keys.iter().enumerate() {
+        assert!(put(&a, key, json!({"n": n, "status": "busy"})).await);
+    }
+    // The peer edits another field of some documents meanwhile: the edits merge.
+    for key in &keys[..10] {
+        sync_pair(&a, &b, key).await;
+        put(&b, key, json!({"n": get(&b, key).unwrap()["n"], "status": "busy", "crew": 2})).await;
+    }
+    for key in &keys {
+        sync_pair(&a, &b, key).await;
+        assert_converged(&a, &b, key);
+    }
+    for store in [&a, &b] {
+        let usage = store.cache_usage();
+        assert!(usage.bytes <= budget, "{usage:?}");
+        assert!(usage.documents < keys.len(), "{usage:?}");
+    }
+    drop(a);
+    let a = open(dir_a.path());
+    for (n, key) in keys.iter().enumerate() {
+        let expected = match n {
+            0..10 => json!({"n": n, "status": "busy", "crew": 2}),
+            _ => json!({"n": n, "status": "busy"}),
+        };
+        assert_eq!(get(&a, key), Some(expected), "{key:?}");
+    }
 }

@@ -22,12 +22,7 @@ const POLL: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_secs(15);
 
 fn open_store(dir: &std::path::Path) -> DocumentStore {
-    DocumentStore::open(&StoreOptions {
-        path: dir.join("store"),
-        encryption_key: None,
-        max_document_bytes: 1024 * 1024,
-    })
-    .unwrap()
+    DocumentStore::open(&StoreOptions::new(dir.join("store"))).unwrap()
 }
 
 fn settings(addr: &str) -> Settings {

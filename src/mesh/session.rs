@@ -707,8 +707,7 @@ mod tests {
     use crate::store::{DocumentStore, StoreOptions};
 
     fn open(dir: &std::path::Path) -> DocumentStore {
-        DocumentStore::open(&StoreOptions { path: dir.to_owned(), encryption_key: None, max_document_bytes: 1 << 20 })
-            .unwrap()
+        DocumentStore::open(&StoreOptions::new(dir)).unwrap()
     }
 
     /// Plays a session's exchange for one document, starting with A's

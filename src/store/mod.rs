@@ -5,6 +5,7 @@
 //! rest, and the change feed that subscribers and mesh sessions consume.
 //! A write is acknowledged only after it is on disk.
 
+mod cache;
 pub mod crypto;
 mod durability;
 mod journal;
@@ -13,7 +14,6 @@ pub mod record;
 mod sled_flush;
 pub mod validate;
 
-use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,10 +28,12 @@ use automerge::{
 use serde_json::{Map, Value as Json};
 use tokio::sync::broadcast;
 
+pub use cache::CacheUsage;
 pub use record::DocKey;
 use record::{DocRecord, KeyWrite};
 pub use validate::InvalidField;
 
+use cache::{Accounted, DocCache};
 use crypto::Cipher;
 use durability::GroupCommit;
 use journal::Journal;
@@ -41,8 +43,17 @@ use sled_flush::SledFlush;
 const DATA_KEY: &str = "data";
 /// Root key of the tombstone flag.
 const DELETED_KEY: &str = "deleted";
-/// Documents kept loaded in memory.
-const CACHE_DOCS: usize = 2048;
+/// Estimated heap bytes of a loaded Automerge document, apart from its
+/// content and history (automerge 0.12: ~9 KiB for a document of ten short
+/// fields; `tests/cache_estimate.rs` checks these constants).
+const LOADED_DOC_BYTES: usize = 8 * 1024;
+/// Estimated heap bytes one change adds to a loaded document's history.
+/// A history built change by change takes 150–300 bytes per change of a
+/// few fields; loaded from one compacted snapshot, it takes less, and the
+/// estimate errs high.
+const CHANGE_BYTES: usize = 300;
+/// Estimated bytes of a cache entry besides its document: key, record, locks.
+const ENTRY_BYTES: usize = 384;
 /// Bytes of incremental chunks a document collects before they are compacted
 /// into one snapshot (once the snapshot is larger: as many bytes as it has).
 const COMPACT_AFTER_BYTES: u64 = 4096;
@@ -114,6 +125,26 @@ pub struct StoreOptions {
     pub path: PathBuf,
     pub encryption_key: Option<[u8; 32]>,
     pub max_document_bytes: usize,
+    /// Estimated memory of the documents kept loaded while unused.
+    pub document_cache_bytes: usize,
+}
+
+/// The largest document, unless configured.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// The memory for documents kept loaded while unused, unless configured:
+/// about 3 000 small documents with short histories.
+pub const DEFAULT_DOCUMENT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+impl StoreOptions {
+    /// A plaintext store in `path` with the default limits.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            encryption_key: None,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            document_cache_bytes: DEFAULT_DOCUMENT_CACHE_BYTES,
+        }
+    }
 }
 
 /// A cheap-to-clone handle to the store.
@@ -132,8 +163,9 @@ struct Inner {
     cipher: Option<Cipher>,
     actor: ActorId,
     max_document_bytes: usize,
-    // A std Mutex: no `.await` happens while it (or a document lock) is held.
-    cache: Mutex<DocCache>,
+    // std Mutexes: no `.await` happens while the cache's lock or a
+    // document's lock is held.
+    cache: DocCache<CachedDoc>,
     /// Last change-log sequence number handed out; advanced only inside
     /// [`GroupCommit::submit`], so the log is numbered in write order.
     log_assigned: AtomicU64,
@@ -150,6 +182,10 @@ struct Inner {
 struct CachedDoc {
     doc: Doc,
     record: DocRecord,
+    /// Estimated bytes of the loaded document's change history.
+    history_bytes: usize,
+    /// What the cache counts for this document, until [`DocumentStore::reaccount`].
+    accounted_bytes: usize,
 }
 
 /// A cached document's Automerge state.
@@ -181,8 +217,33 @@ impl Doc {
 }
 
 impl CachedDoc {
+    fn new(doc: Doc, record: DocRecord, history_bytes: usize) -> Self {
+        let mut cached = Self { doc, record, history_bytes, accounted_bytes: 0 };
+        cached.accounted_bytes = cached.estimated_bytes();
+        cached
+    }
+
     fn loaded(&mut self) -> Result<&mut Automerge, StoreError> {
+        match &self.doc {
+            Doc::Genesis => self.history_bytes = CHANGE_BYTES,
+            Doc::Created(_) => self.history_bytes = 2 * CHANGE_BYTES,
+            Doc::Loaded(_) => {}
+        }
         self.doc.loaded()
+    }
+
+    /// The document's memory, estimated from what is known without walking it.
+    fn estimated_bytes(&self) -> usize {
+        let json = self.record.json.len();
+        ENTRY_BYTES
+            + json
+            + match &self.doc {
+                Doc::Genesis => 0,
+                // The encoded change, and what Automerge parsed from it.
+                Doc::Created(change) => 2 * change.raw_bytes().len(),
+                // The operations hold about the content's bytes again.
+                Doc::Loaded(_) => LOADED_DOC_BYTES + json + self.history_bytes,
+            }
     }
 
     fn heads(&self) -> Vec<ChangeHash> {
@@ -199,6 +260,24 @@ impl CachedDoc {
             Doc::Genesis | Doc::Created(_) => false,
         }
     }
+}
+
+impl Accounted for CachedDoc {
+    fn accounted_bytes(&self) -> usize {
+        self.accounted_bytes
+    }
+}
+
+/// The estimated history a new chunk of changes adds: two and a half times
+/// the chunk (~125 bytes per change of a few fields), and at least one change.
+fn history_of_chunk(chunk_bytes: usize) -> usize {
+    (chunk_bytes * 5 / 2).max(CHANGE_BYTES)
+}
+
+/// The estimated history of a document loaded from disk, counted change by
+/// change (a tenth of what loading it costs).
+fn history_of(doc: &Automerge) -> usize {
+    CHANGE_BYTES * doc.get_changes_meta(&[]).len()
 }
 
 type SharedDoc = Arc<Mutex<CachedDoc>>;
@@ -220,11 +299,6 @@ struct PendingWrite {
     /// Keeps the document cached until the write is in sled: a reload from
     /// disk before that would miss it.
     _pin: SharedDoc,
-}
-
-#[derive(Default)]
-struct DocCache {
-    docs: HashMap<DocKey, SharedDoc>,
 }
 
 impl DocumentStore {
@@ -296,7 +370,7 @@ impl DocumentStore {
                 cipher,
                 actor: ActorId::random(),
                 max_document_bytes: options.max_document_bytes,
-                cache: Mutex::default(),
+                cache: DocCache::new(options.document_cache_bytes),
                 log_assigned: AtomicU64::new(log_head),
                 log_head: applied_head,
                 epoch,
@@ -459,8 +533,7 @@ impl DocumentStore {
     /// The document's heads, if it exists (tombstoned or not), including
     /// changes still queued for the group commit.
     pub fn heads(&self, key: &DocKey) -> Result<Option<Vec<ChangeHash>>, StoreError> {
-        let cached = self.inner.cache.lock().expect("cache lock").docs.get(key).map(Arc::clone);
-        if let Some(cached) = cached {
+        if let Some(cached) = self.inner.cache.get(key) {
             let cached = cached.lock().expect("document lock");
             // A cached document without a record is a genesis no write has touched.
             if cached.record.chunk_count > 0 {
@@ -488,11 +561,14 @@ impl DocumentStore {
         prime: impl FnOnce(&Automerge, &mut sync::State),
     ) -> Result<Option<sync::Message>, StoreError> {
         // A document we never had is its genesis, like everywhere else.
-        let doc = self.load_or_create(key)?;
-        let mut cached = doc.lock().expect("document lock");
-        let doc = cached.loaded()?;
-        prime(doc, state);
-        Ok(doc.generate_sync_message(state))
+        let shared = self.load_or_create(key)?;
+        let mut cached = shared.lock().expect("document lock");
+        let message = cached.loaded().map(|doc| {
+            prime(doc, state);
+            doc.generate_sync_message(state)
+        });
+        self.reaccount(&mut cached);
+        message
     }
 
     /// Applies a peer's sync message, queueing any new changes to be
@@ -571,6 +647,11 @@ impl DocumentStore {
         self.inner.commit.attempt_running_for()
     }
 
+    /// How many documents are loaded in memory, and their estimated bytes.
+    pub fn cache_usage(&self) -> CacheUsage {
+        self.inner.cache.usage()
+    }
+
     /// Waits until every write queued so far is committed: on disk, in
     /// sled and published.
     pub async fn flush(&self) -> Result<(), StoreError> {
@@ -620,6 +701,23 @@ impl DocumentStore {
     ) -> Result<bool, StoreError> {
         let shared = self.load_or_create(key)?;
         let mut cached = shared.lock().expect("document lock");
+        let applied = self.apply_locked(key, &shared, &mut cached, origin, json, create, edit);
+        self.reaccount(&mut cached);
+        applied
+    }
+
+    /// [`Self::apply`] on the locked document.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_locked(
+        &self,
+        key: &DocKey,
+        shared: &SharedDoc,
+        cached: &mut CachedDoc,
+        origin: Origin,
+        json: Option<String>,
+        create: Option<&Map<String, Json>>,
+        edit: impl FnOnce(&mut Automerge, &DocRecord) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
         let before = cached.heads();
         let chunk = match create {
             // Nothing was ever written to the document, here or by a peer.
@@ -630,14 +728,16 @@ impl DocumentStore {
                 Some(chunk)
             }
             _ => {
-                let CachedDoc { doc, record } = &mut *cached;
+                // Through the cached document, which counts a new history.
+                cached.loaded()?;
+                let CachedDoc { doc, record, .. } = &mut *cached;
                 if !edit(doc.loaded()?, record)? {
                     return Ok(false);
                 }
                 None
             }
         };
-        let prepared = match self.prepare(key, &mut cached, &before, chunk, json) {
+        let prepared = match self.prepare(key, cached, &before, chunk, json) {
             Ok(prepared) => prepared,
             Err(err) => {
                 // Undo the edit in memory rather than reloading from disk:
@@ -649,7 +749,7 @@ impl DocumentStore {
         };
         self.inner.commit.submit(|| {
             let log_seq = self.inner.log_assigned.fetch_add(1, Ordering::Relaxed) + 1;
-            let (write, record) = self.finish(key, prepared, log_seq, origin, Arc::clone(&shared));
+            let (write, record) = self.finish(key, prepared, log_seq, origin, Arc::clone(shared));
             cached.record = record;
             write
         });
@@ -678,6 +778,8 @@ impl DocumentStore {
                 ops.push((key.chunk_key(seq), None));
             }
             let snapshot = cached.loaded()?.save();
+            // This write's own changes, as far as known without encoding them.
+            cached.history_bytes += CHANGE_BYTES;
             record.snapshot_bytes = snapshot.len() as u64;
             record.incremental_bytes = 0;
             record.chunk_count = 1;
@@ -687,6 +789,7 @@ impl DocumentStore {
                 Some(chunk) => chunk,
                 None => cached.loaded()?.save_after(before),
             };
+            cached.history_bytes += history_of_chunk(increment.len());
             record.incremental_bytes += increment.len() as u64;
             record.chunk_count += 1;
             ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&increment))));
@@ -747,21 +850,21 @@ impl DocumentStore {
     fn load_or_create(&self, key: &DocKey) -> Result<SharedDoc, StoreError> {
         // Loading under the cache lock: a document with queued writes is
         // always cached (they pin it), so a miss here means sled is current.
-        let mut cache = self.inner.cache.lock().expect("cache lock");
-        if let Some(doc) = cache.docs.get(key) {
-            return Ok(Arc::clone(doc));
-        }
-        let cached = match self.record(key)? {
-            Some(record) => CachedDoc { doc: Doc::Loaded(Box::new(self.read_chunks(key)?)), record },
-            None => CachedDoc { doc: Doc::Genesis, record: DocRecord::default() },
-        };
-        if cache.docs.len() >= CACHE_DOCS {
-            // Evict documents nobody holds; the disk copy is authoritative.
-            cache.docs.retain(|_, d| Arc::strong_count(d) > 1);
-        }
-        let shared = Arc::new(Mutex::new(cached));
-        cache.docs.insert(key.clone(), Arc::clone(&shared));
-        Ok(shared)
+        self.inner.cache.get_or_load(key, || match self.record(key)? {
+            Some(record) => {
+                let doc = self.read_chunks(key)?;
+                let history = history_of(&doc);
+                Ok(CachedDoc::new(Doc::Loaded(Box::new(doc)), record, history))
+            }
+            None => Ok(CachedDoc::new(Doc::Genesis, DocRecord::default(), 0)),
+        })
+    }
+
+    /// Tells the cache what the document costs now; called with its lock held.
+    fn reaccount(&self, cached: &mut CachedDoc) {
+        let now = cached.estimated_bytes();
+        self.inner.cache.reaccount(cached.accounted_bytes, now);
+        cached.accounted_bytes = now;
     }
 
     fn read_chunks(&self, key: &DocKey) -> Result<Automerge, StoreError> {

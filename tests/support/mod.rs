@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use peat_sidecar::proto::peat::sidecar::v1::{
     GetDocumentRequest, GetSyncStatsRequest, ListDocumentsRequest, PeatSidecarClient, PutDocumentRequest,
 };
+use peat_sidecar::store::{DocumentStore, StoreError, StoreOptions};
 
 /// Path of the binary under test: `PEAT_SIDECAR_BIN` when set (to run the
 /// suite or the benchmark against another build, e.g. the static musl
@@ -326,6 +327,18 @@ impl Sidecar {
 }
 
 /// A loopback port that was free a moment ago.
+/// Opens a store in this process, waiting while the background threads of
+/// a previous open of the same directory still hold sled's lock on it.
+pub fn open_store(options: &StoreOptions) -> DocumentStore {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match DocumentStore::open(options) {
+            Err(StoreError::InUse(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            result => return result.expect("opening the store"),
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
