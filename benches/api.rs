@@ -14,6 +14,9 @@
 //! row the CPU time the server and the load generator spent per request.
 //! GetStatus and PutDocument at c=16 also run from a lean client that writes
 //! prepared HTTP/1.1 requests, to show the generated client's share.
+//! Last, 1 000 large documents (~100 KiB of JSON each), written and then
+//! updated once each, show that the server's memory stays bounded by its
+//! caches rather than by what was written.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -34,6 +37,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const DOCS_FOR_GET: usize = 10_000;
 const UPDATES: usize = 20_000;
 const WINDOW: usize = 5_000;
+const LARGE_DOCS: usize = 1_000;
+const LARGE_DOC_FIELDS: usize = 1_000;
 
 /// A ~200-byte JSON document, different for every `seq`.
 fn document(seq: usize) -> String {
@@ -44,6 +49,20 @@ fn document(seq: usize) -> String {
         30.0 + (seq % 100) as f64,
         1_700_000_000_000u64 + seq as u64
     )
+}
+
+/// A ~100 KiB JSON document of 1 000 fields; `revision` changes ten of them.
+fn large_document(seq: usize, revision: usize) -> String {
+    let fields: serde_json::Map<String, serde_json::Value> = (0..LARGE_DOC_FIELDS)
+        .map(|field| {
+            let revision = if field % 100 == 0 { revision } else { 0 };
+            (
+                format!("field-{field:04}"),
+                format!("doc {seq:06} field {field:04} revision {revision:04} {:0>64}", field).into(),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(fields).to_string()
 }
 
 struct Measured {
@@ -465,7 +484,35 @@ fn main() {
         println!("{floor}");
     }
     std::thread::sleep(Duration::from_secs(2));
-    println!("idle RSS after the run: {:.1} MB", rss_kib(sidecar.pid()) as f64 / 1024.0);
+    let rss_before_large = rss_kib(server);
+    println!("idle RSS after the run: {:.1} MB", rss_before_large as f64 / 1024.0);
+
+    let client = sidecar.client_h1(Protocol::Connect, true);
+    let large = scaled(LARGE_DOCS);
+    let document_bytes = large_document(0, 0).len();
+    let large_rates: Vec<f64> = (0..2)
+        .map(|revision| {
+            let client = client.clone();
+            rt.block_on(load(4, large, move |i| {
+                put_document(client.clone(), "large".into(), format!("doc-{i}"), large_document(i, revision))
+            }))
+            .rate()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_after_large = rss_kib(server);
+    let (written, growth) = (2 * large * document_bytes, rss_after_large.saturating_sub(rss_before_large) * 1024);
+    println!(
+        "large documents: {large} of {:.0} KiB written ({:.0}/s), then updated once each ({:.0}/s): \
+         idle RSS {:.1} MB after, +{:.1} MB for {:.1} MB of JSON written ({:.2})",
+        document_bytes as f64 / 1024.0,
+        large_rates[0],
+        large_rates[1],
+        rss_after_large as f64 / 1024.0,
+        growth as f64 / (1 << 20) as f64,
+        written as f64 / (1 << 20) as f64,
+        growth as f64 / written as f64,
+    );
     let (status, took) = sidecar.terminate();
     println!("SIGTERM to exit: {:.1} ms ({status})", ms(took));
 }
