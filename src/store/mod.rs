@@ -52,6 +52,10 @@ const LOADED_DOC_BYTES: usize = 8 * 1024;
 /// few fields; loaded from one compacted snapshot, it takes less, and the
 /// estimate errs high.
 const CHANGE_BYTES: usize = 300;
+/// What a loaded document's first edit in memory adds, in multiples of its
+/// JSON: Automerge expands the content it holds (by 1–5 times the JSON,
+/// most for long strings), until the document is next loaded from disk.
+const EDITED_CONTENT: usize = 5;
 /// Estimated bytes of a cache entry besides its document: key, record, locks.
 const ENTRY_BYTES: usize = 384;
 /// Bytes of incremental chunks a document collects before they are compacted
@@ -182,9 +186,11 @@ struct Inner {
 struct CachedDoc {
     doc: Doc,
     record: DocRecord,
-    /// Estimated bytes of the loaded document's change history, and of
-    /// what edits in memory added.
+    /// Estimated bytes of the loaded document's change history.
     history_bytes: usize,
+    /// Edited since it was loaded: Automerge then holds its content
+    /// expanded, until the document is next loaded from disk.
+    edited: bool,
     /// What the cache counts for this document, until [`DocumentStore::reaccount`].
     accounted_bytes: usize,
 }
@@ -219,7 +225,7 @@ impl Doc {
 
 impl CachedDoc {
     fn new(doc: Doc, record: DocRecord, history_bytes: usize) -> Self {
-        let mut cached = Self { doc, record, history_bytes, accounted_bytes: 0 };
+        let mut cached = Self { doc, record, history_bytes, edited: false, accounted_bytes: 0 };
         cached.accounted_bytes = cached.estimated_bytes();
         cached
     }
@@ -243,6 +249,7 @@ impl CachedDoc {
                 // The encoded change, and what Automerge parsed from it.
                 Doc::Created(change) => 3 * change.raw_bytes().len(),
                 // The operations hold about the content's bytes again.
+                Doc::Loaded(_) if self.edited => LOADED_DOC_BYTES + (1 + EDITED_CONTENT) * json + self.history_bytes,
                 Doc::Loaded(_) => LOADED_DOC_BYTES + json + self.history_bytes,
             }
     }
@@ -735,10 +742,7 @@ impl DocumentStore {
                 if !edit(doc.loaded()?, record)? {
                     return Ok(false);
                 }
-                // An edit in memory leaves Automerge's operations about the
-                // content's size larger, until the document is next loaded
-                // from disk (measured with documents of 1 000 fields).
-                cached.history_bytes += cached.record.json.len();
+                cached.edited = true;
                 None
             }
         };
