@@ -54,7 +54,7 @@ static ALLOCATOR: Counting = Counting;
 
 /// How far the estimate may be from the heap: it may err low a little (the
 /// cache then holds a little more than its budget) and high more (it then
-/// holds less; small new documents are estimated high).
+/// holds less than it could).
 const RATIO: std::ops::RangeInclusive<f64> = 0.67..=2.5;
 
 /// Writes `writes` (document, content) in order, reopens the store, then
