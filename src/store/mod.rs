@@ -248,9 +248,11 @@ impl CachedDoc {
                 Doc::Genesis => 0,
                 // The encoded change, and what Automerge parsed from it.
                 Doc::Created(change) => 3 * change.raw_bytes().len(),
-                // The operations hold about the content's bytes again.
-                Doc::Loaded(_) if self.edited => LOADED_DOC_BYTES + (1 + EDITED_CONTENT) * json + self.history_bytes,
-                Doc::Loaded(_) => LOADED_DOC_BYTES + json + self.history_bytes,
+                Doc::Loaded(_) => {
+                    // The operations hold about the content's bytes again.
+                    let expanded = if self.edited { EDITED_CONTENT * json } else { 0 };
+                    LOADED_DOC_BYTES + json + expanded + self.history_bytes
+                }
             }
     }
 
