@@ -85,6 +85,9 @@ pub struct Settings {
     pub max_document_bytes: usize,
     /// Estimated memory, in bytes, of the documents kept loaded while unused.
     pub document_cache_bytes: usize,
+    /// Changes waiting for `Subscribe` clients that read slower than
+    /// documents change, in bytes, all subscribers together.
+    pub subscribe_backlog_bytes: usize,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
     /// `tracing` filter, e.g. `info` or `peat_sidecar=debug,info`.
@@ -123,6 +126,7 @@ impl Default for Settings {
             auto_sync: true,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             document_cache_bytes: DEFAULT_DOCUMENT_CACHE_BYTES,
+            subscribe_backlog_bytes: 64 * 1024 * 1024,
             max_request_bytes: 4 * 1024 * 1024,
             log_level: "info".into(),
             log_format: LogFormat::Text,

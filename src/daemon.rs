@@ -58,7 +58,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         Some(Mesh::start(mesh_options, store.clone(), Arc::clone(&node), shutdown_rx.clone()).await?)
     };
-    let api = Arc::new(Api::new(store.clone(), Arc::clone(&node), mesh, shutdown_rx));
+    let api = Arc::new(Api::new(store.clone(), Arc::clone(&node), mesh, shutdown_rx, settings.subscribe_backlog_bytes));
     let router = api.register(Router::new());
     let (router, health) = connectrpc_health::install_static(router, [PEAT_SIDECAR_SERVICE_NAME]);
     let watcher_health = agent_watcher.as_ref().map(|watcher| watcher.report_health(Arc::clone(&health)));

@@ -52,6 +52,7 @@ fn layers_apply_in_order_defaults_file_env_flags() {
     assert_eq!(setting(&defaults, "listen_socket_mode"), "\"0660\"");
     assert_eq!(setting(&defaults, "max_document_bytes"), "1048576");
     assert_eq!(setting(&defaults, "document_cache_bytes"), "33554432");
+    assert_eq!(setting(&defaults, "subscribe_backlog_bytes"), "67108864");
 
     let file = write(
         dir.path(),
@@ -67,9 +68,11 @@ fn layers_apply_in_order_defaults_file_env_flags() {
         ("PEAT_SIDECAR_LISTEN", "tcp://127.0.0.1:2222"),
         ("PEAT_SIDECAR_PEERS", "b:2, c:3"),
         ("PEAT_SIDECAR_DOCUMENT_CACHE_BYTES", "1048576"),
+        ("PEAT_SIDECAR_SUBSCRIBE_BACKLOG_BYTES", "2097152"),
     ];
     let from_env = run(&["--config", &file, "config", "check"], &env);
     assert_eq!(setting(&from_env, "document_cache_bytes"), "1048576");
+    assert_eq!(setting(&from_env, "subscribe_backlog_bytes"), "2097152");
     assert_eq!(setting(&from_env, "listen"), "\"tcp://127.0.0.1:2222\"");
     assert_eq!(setting(&from_env, "peers"), r#"["b:2","c:3"]"#);
     assert_eq!(setting(&from_env, "app_id"), "\"from-file\"", "the file still supplies what env does not");

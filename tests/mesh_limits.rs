@@ -327,6 +327,41 @@ async fn a_subscriber_that_stops_reading_is_cut_off_without_stalling_the_node() 
 }
 
 #[tokio::test]
+async fn a_stalled_subscriber_is_cut_off_by_the_bytes_it_holds() {
+    // 160 changes of 256 KiB, far fewer than the 4096 a backlog may count,
+    // but 40 MiB: more than the connection carries and the 16 MiB budget.
+    let node = Node::start(Spec::new("node-s").setting("subscribe_backlog_bytes", 16 << 20)).await;
+    let socket = format!("unix://{}", node.dir.join("api.sock").display());
+    let slow = peat_sidecar::ctl::connect(&socket).unwrap();
+    let mut stream = slow.subscribe(SubscribeRequest::default()).await.expect("Subscribe");
+    // A subscriber of every collection that keeps reading is never cut off,
+    // though it receives the same large changes.
+    let mut healthy = Watcher::start(&node, &[]).await;
+
+    let slowest = write_many(&node, "big", 160, 256 * 1024, 4).await;
+    assert!(slowest < Duration::from_secs(5), "a write took {slowest:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 160 {
+        let (_, change) = healthy.next_matching(T, |c| c.collection == "big").await;
+        seen.insert(change.doc_id);
+    }
+    assert_log(&node, "Subscribe stream cut off: the subscriber fell behind").await;
+
+    let (received, error) = resume!(stream, node);
+    eprintln!("the stalled subscriber received {} changes, then {error:?}", received.len());
+    assert_eq!(error.code, connectrpc::ErrorCode::ResourceExhausted, "{error:?}");
+    let message = error.message.clone().unwrap_or_default();
+    assert!(message.contains("bytes") && message.contains("subscribe again"), "{message}");
+    assert!(received.len() < 160, "every change arrived, so nothing was cut off");
+    let unique: std::collections::BTreeSet<&String> = received.iter().collect();
+    assert_eq!(unique.len(), received.len(), "a change arrived twice");
+
+    // The healthy subscriber is still served.
+    node.put("marks", "m", r#"{"after":"cut-off"}"#).await;
+    healthy.next_matching(T, |c| c.doc_id == "m").await;
+}
+
+#[tokio::test]
 async fn an_oversize_frame_is_logged_as_the_reason_the_session_closed() {
     use peat_sidecar::mesh::proto::{DocSync, Frame, SyncBatch, frame::Kind, mesh_client::MeshClient};
     let b = Node::start(Spec::new("node-b")).await;

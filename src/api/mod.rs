@@ -4,18 +4,19 @@
 //! Connect/gRPC status codes. Validation happens in the store, so every path
 //! into it is checked the same way; this layer only adds request-shape checks.
 
+mod subscription;
 pub mod typed;
 
 use std::sync::Arc;
 
 use connectrpc::{ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream};
-use futures::StreamExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::mesh::{Mesh, MeshError};
 use crate::node::{Node, Phase};
 use crate::proto::peat::sidecar::v1::*;
 use crate::store::{DocumentStore, StoreError, validate};
+use subscription::Subscriptions;
 use typed::TypedDocument;
 
 /// The API service; one instance serves every connection.
@@ -26,11 +27,21 @@ pub struct Api {
     mesh: Option<Mesh>,
     /// Ends open `Subscribe` streams at shutdown so draining does not wait on them.
     shutdown: watch::Receiver<bool>,
+    subscriptions: Arc<Subscriptions>,
 }
 
 impl Api {
-    pub fn new(store: DocumentStore, node: Arc<Node>, mesh: Option<Mesh>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { store, node, mesh, shutdown }
+    /// `subscribe_backlog_bytes` bounds what `Subscribe` clients that read
+    /// slower than documents change may hold (see [`subscription`]).
+    pub fn new(
+        store: DocumentStore,
+        node: Arc<Node>,
+        mesh: Option<Mesh>,
+        shutdown: watch::Receiver<bool>,
+        subscribe_backlog_bytes: usize,
+    ) -> Self {
+        let subscriptions = Subscriptions::new(subscribe_backlog_bytes);
+        Self { store, node, mesh, shutdown, subscriptions }
     }
 
     fn mesh(&self) -> Result<&Mesh, ConnectError> {
@@ -283,8 +294,7 @@ impl PeatSidecar for Api {
             collections.push(name.to_string());
         }
         let feed = self.store.subscribe();
-        let shutdown = self.shutdown.clone();
-        Response::stream_ok(change_stream(feed, collections, shutdown))
+        Response::stream_ok(self.subscriptions.subscribe(feed, collections, self.shutdown.clone()))
     }
 
     async fn start_sync(
@@ -321,63 +331,4 @@ impl PeatSidecar for Api {
             ..Default::default()
         })
     }
-}
-
-/// The `Subscribe` stream: feed entries of the chosen collections until the
-/// client goes away, the node shuts down, or the subscriber falls so far
-/// behind that the bounded feed dropped changes (then `resource_exhausted`).
-fn change_stream(
-    feed: broadcast::Receiver<crate::store::DocumentChange>,
-    collections: Vec<String>,
-    shutdown: watch::Receiver<bool>,
-) -> impl futures::Stream<Item = Result<DocumentChange, ConnectError>> + Send + 'static {
-    struct State {
-        feed: broadcast::Receiver<crate::store::DocumentChange>,
-        collections: Vec<String>,
-        shutdown: watch::Receiver<bool>,
-        done: bool,
-    }
-    futures::stream::unfold(State { feed, collections, shutdown, done: false }, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        loop {
-            let received = tokio::select! {
-                received = s.feed.recv() => received,
-                () = crate::mesh::until(&mut s.shutdown, true) => return None,
-            };
-            match received {
-                Ok(change) => {
-                    if !s.collections.is_empty() && !s.collections.contains(&change.key.collection) {
-                        continue;
-                    }
-                    let (change_type, json_data) = match change.json {
-                        Some(json) => (ChangeType::CHANGE_TYPE_UPSERT, Some(json.to_string())),
-                        None => (ChangeType::CHANGE_TYPE_DELETE, None),
-                    };
-                    let message = DocumentChange {
-                        collection: change.key.collection,
-                        doc_id: change.key.doc_id,
-                        change_type: change_type.into(),
-                        json_data,
-                        ..Default::default()
-                    };
-                    return Some((Ok(message), s));
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    s.done = true;
-                    tracing::warn!(
-                        missed,
-                        "Subscribe stream cut off: the subscriber fell behind the change feed and stopped reading"
-                    );
-                    let err = ConnectError::resource_exhausted(format!(
-                        "subscriber fell behind and {missed} changes were dropped; subscribe again and re-read the documents"
-                    ));
-                    return Some((Err(err), s));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .boxed()
 }
