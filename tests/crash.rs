@@ -1,6 +1,7 @@
 //! Durability under SIGKILL: the real binary takes concurrent writes (new
 //! documents, updates of a hot document per writer, deletes) and is killed
-//! mid-stream, 20 times over one data directory. After every restart each
+//! mid-stream, 20 times over one data directory; some documents are large
+//! enough to be stored in pieces. After every restart each
 //! acknowledged write is present and intact, each acknowledged delete holds,
 //! and every stored document is well-formed. A journal damaged before its
 //! last record is refused at startup, losing nothing.
@@ -38,8 +39,10 @@ struct Acknowledged {
     writes: usize,
 }
 
+/// Every fifth document is large enough (7–37 KB) to be stored in pieces.
 fn content(iteration: usize, writer: usize, n: usize) -> Value {
-    json!({ "iteration": iteration, "writer": writer, "n": n, "payload": "x".repeat(100 + n % 50) })
+    let len = if n.is_multiple_of(5) { 7_000 + n * 997 % 30_000 } else { 100 + n % 50 };
+    json!({ "iteration": iteration, "writer": writer, "n": n, "payload": "x".repeat(len) })
 }
 
 async fn writer(client: Client, iteration: usize, writer: usize, acked: Arc<Mutex<Acknowledged>>) {
@@ -52,7 +55,9 @@ async fn writer(client: Client, iteration: usize, writer: usize, acked: Arc<Mute
                 *sent += 1;
                 *sent
             };
-            let json = json!({ "writer": writer, "version": version });
+            // Between large and small, so a stored value turns into pieces and back.
+            let pad = "h".repeat(if version % 3 == 0 { 9_000 } else { 10 });
+            let json = json!({ "writer": writer, "version": version, "pad": pad });
             client.put_document(put(&hot, &json)).await.map(|_| {
                 acked.lock().unwrap().hot.insert(hot.clone(), version);
             })
@@ -130,6 +135,8 @@ async fn verify(client: &Client, acked: &mut Acknowledged) {
             (*version..=sent).contains(&got),
             "{id}: acknowledged version {version}, sent up to {sent}, stored {got}"
         );
+        let pad = stored["pad"].as_str().map_or(0, str::len);
+        assert_eq!(pad, if got % 3 == 0 { 9_000 } else { 10 }, "{id}: version {got} stored with a pad of {pad}");
     }
     // Settle the deletes that were in flight: the restarted process holds
     // whichever outcome landed, and it is final.

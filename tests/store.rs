@@ -296,3 +296,69 @@ async fn a_cache_smaller_than_the_documents_evicts_idle_ones_and_loses_nothing()
         assert_eq!(get(&a, key), Some(expected), "{key:?}");
     }
 }
+
+/// `len` characters no compressor shrinks much, so Automerge's changes stay
+/// as large as the JSON.
+fn noise(seed: usize, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state >> 58) as usize] as char
+        })
+        .collect()
+}
+
+/// Large documents reach sled as pieces of at most 6 KiB: sled counts a page
+/// holding larger values in its cache as a mere pointer and never evicts it.
+/// Every path reads them back whole: updates that grow, shrink and compact
+/// them, a delete, sync to a peer, and reopening.
+#[tokio::test]
+async fn large_documents_are_stored_in_small_pieces_and_read_back_whole() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let keys: Vec<DocKey> = (0..8).map(|n| DocKey::new("big", format!("d{n}"))).collect();
+    let content = |n: usize, version: usize| {
+        let len = match (n + version) % 4 {
+            0 => 50,
+            1 => 20_000,
+            2 => 150_000,
+            _ => 300_000,
+        };
+        json!({"n": n, "version": version, "pad": noise(n * 10 + version, len)})
+    };
+    let mut expected: Vec<Option<Value>> = vec![None; keys.len()];
+    for version in 0..4 {
+        for (n, key) in keys.iter().enumerate() {
+            put(&a, key, content(n, version)).await;
+            expected[n] = Some(content(n, version));
+        }
+    }
+    assert!(a.delete(&keys[0].collection, &keys[0].doc_id).await.unwrap());
+    expected[0] = None;
+    for key in &keys[1..4] {
+        sync_pair(&a, &b, key).await;
+        assert_converged(&a, &b, key);
+    }
+    drop((a, b));
+
+    let a = open(dir_a.path());
+    for (key, expected) in keys.iter().zip(&expected) {
+        assert_eq!(&get(&a, key), expected, "{key:?}");
+    }
+    assert_eq!(a.list_json("big").unwrap().len(), keys.len() - 1);
+    // A reloaded document takes the next write.
+    put(&a, &keys[5], json!({"small": true})).await;
+    assert_eq!(get(&a, &keys[5]), Some(json!({"small": true})));
+    drop(a);
+
+    let db = sled::open(dir_a.path()).unwrap();
+    let docs = db.open_tree("documents").unwrap();
+    let longest = docs.iter().values().map(|v| v.unwrap().len()).max().unwrap();
+    assert!(longest <= 6 * 1024, "a value of {longest} bytes reached sled");
+    let stored: usize = docs.iter().values().map(|v| v.unwrap().len()).sum();
+    assert!(stored > 8 * 150_000, "the documents are not all there: {stored} bytes");
+}

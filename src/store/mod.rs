@@ -10,6 +10,7 @@ pub mod crypto;
 mod durability;
 mod journal;
 pub mod json;
+mod pieces;
 pub mod record;
 mod sled_flush;
 pub mod validate;
@@ -340,6 +341,12 @@ impl DocumentStore {
                 .map_err(|e| StoreError::Corrupt { key: "journal".into(), reason: e.to_string() })?;
             writes.iter().try_for_each(|write| write_key(&docs, write))?;
         }
+        if !unapplied.is_empty() {
+            let removed = pieces::sweep(&docs)?;
+            if removed > 0 {
+                tracing::info!(removed, "removed pieces of large values left by writes a crash interrupted");
+            }
+        }
         let log_head = match docs.scan_prefix(record::log_prefix()).keys().next_back() {
             Some(key) => record::log_seq_from_key(&key?).ok_or_else(|| corrupt_key(b"log"))?,
             None => 0,
@@ -486,8 +493,9 @@ impl DocumentStore {
         prefix.push(0);
         let mut docs = Vec::new();
         for entry in self.inner.docs.scan_prefix(&prefix) {
-            let (key, value) = entry?;
-            let key = DocKey::from_record_key(&key).ok_or_else(|| corrupt_key(&key))?;
+            let (sled_key, value) = entry?;
+            let key = DocKey::from_record_key(&sled_key).ok_or_else(|| corrupt_key(&sled_key))?;
+            let Some(value) = self.resolve(&key, &sled_key, value)? else { continue };
             let record = self.decode_record(&key, &value)?;
             if !record.deleted {
                 docs.push((key.doc_id, record.json));
@@ -508,11 +516,15 @@ impl DocumentStore {
     pub fn all_heads_with_log_seq(
         &self,
     ) -> impl Iterator<Item = Result<(DocKey, Vec<ChangeHash>, u64), StoreError>> + '_ {
-        self.inner.docs.scan_prefix(record::record_prefix()).map(move |entry| {
-            let (key, value) = entry?;
-            let key = DocKey::from_record_key(&key).ok_or_else(|| corrupt_key(&key))?;
-            let record = self.decode_record(&key, &value)?;
-            Ok((key, record.heads, record.log_seq))
+        self.inner.docs.scan_prefix(record::record_prefix()).filter_map(move |entry| {
+            let read = || {
+                let (sled_key, value) = entry?;
+                let key = DocKey::from_record_key(&sled_key).ok_or_else(|| corrupt_key(&sled_key))?;
+                let Some(value) = self.resolve(&key, &sled_key, value)? else { return Ok(None) };
+                let record = self.decode_record(&key, &value)?;
+                Ok(Some((key, record.heads, record.log_seq)))
+            };
+            read().transpose()
         })
     }
 
@@ -846,10 +858,20 @@ impl DocumentStore {
     }
 
     fn record(&self, key: &DocKey) -> Result<Option<DocRecord>, StoreError> {
-        match self.inner.docs.get(key.record_key())? {
+        let sled_key = key.record_key();
+        let Some(stored) = self.inner.docs.get(&sled_key)? else { return Ok(None) };
+        match self.resolve(key, &sled_key, stored)? {
             Some(value) => Ok(Some(self.decode_record(key, &value)?)),
             None => Ok(None),
         }
+    }
+
+    /// The whole stored value of `sled_key`, a key of `key`'s (see [`pieces`]).
+    fn resolve(&self, key: &DocKey, sled_key: &[u8], stored: sled::IVec) -> Result<Option<sled::IVec>, StoreError> {
+        pieces::resolve(&self.inner.docs, sled_key, stored).map_err(|e| match e {
+            pieces::PieceError::Sled(e) => StoreError::Sled(e),
+            missing => StoreError::Corrupt { key: key.to_string(), reason: missing.to_string() },
+        })
     }
 
     fn decode_record(&self, key: &DocKey, value: &[u8]) -> Result<DocRecord, StoreError> {
@@ -880,8 +902,12 @@ impl DocumentStore {
 
     fn read_chunks(&self, key: &DocKey) -> Result<Automerge, StoreError> {
         let mut doc = Genesis::get().doc.clone();
-        for entry in self.inner.docs.scan_prefix(key.chunk_prefix()).values() {
-            let chunk = self.open_value(&key.to_string(), &entry?)?;
+        for entry in self.inner.docs.scan_prefix(key.chunk_prefix()) {
+            let (sled_key, stored) = entry?;
+            // A document is read from disk only while no write of it is
+            // pending (pending writes keep it cached), so its chunks stay put.
+            let stored = self.resolve(key, &sled_key, stored)?.ok_or_else(|| corrupt_key(&sled_key))?;
+            let chunk = self.open_value(&key.to_string(), &stored)?;
             doc.load_incremental(&chunk).map_err(|e| StoreError::Corrupt {
                 key: key.to_string(),
                 reason: format!("unreadable change log: {e}"),
@@ -930,10 +956,7 @@ fn apply_group(
 }
 
 fn write_key(docs: &sled::Tree, (key, value): &KeyWrite) -> sled::Result<()> {
-    match value {
-        Some(value) => docs.insert(key, value.as_slice()).map(drop),
-        None => docs.remove(key).map(drop),
-    }
+    pieces::write(docs, key, value.as_deref())
 }
 
 /// Every document starts from the same genesis change, so the content map
