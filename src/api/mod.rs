@@ -32,7 +32,7 @@ pub struct Api {
 
 impl Api {
     /// `subscribe_backlog_bytes` bounds what `Subscribe` clients that read
-    /// slower than documents change may hold (see [`subscription`]).
+    /// slower than documents change may hold (see `subscription.rs`).
     pub fn new(
         store: DocumentStore,
         node: Arc<Node>,

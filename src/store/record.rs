@@ -9,6 +9,8 @@
 //! - `l` + seq (u64 BE) → doc key: the change log. Every persisted change
 //!   moves its document to a new, higher sequence number, so the entries after
 //!   a peer's cursor are exactly the documents that changed since.
+//! - `p` + …: the pieces of values longer than 6 KiB, whose keys above hold a
+//!   stub naming them (`pieces.rs`).
 //!
 //! A write's key updates reach sled through the journal, encoded by
 //! [`encode_writes`], so they are applied whole even if a crash interrupts them.
