@@ -4,11 +4,14 @@
 
 #[path = "support/mesh_cluster.rs"]
 mod mesh_cluster;
+#[path = "support/noise.rs"]
+mod noise;
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mesh_cluster::*;
+use noise::noise;
 use peat_sidecar::proto::peat::sidecar::v1::*;
 
 const T: Duration = Duration::from_secs(15);
@@ -169,21 +172,6 @@ fn mesh_max_sessions_must_be_at_least_one() {
         assert!(!ok, "accepted a limit of 0: {text}");
         assert!(text.contains("setting `mesh_max_sessions` must be at least 1"), "{text}");
     }
-}
-
-/// `len` characters that no compressor shrinks much (the API may compress
-/// streamed messages, and windows are counted in compressed bytes).
-fn noise(seed: u64, len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ALPHABET[(state >> 58) as usize] as char
-        })
-        .collect()
 }
 
 /// Writes `count` documents of about `bytes` each into `collection`,

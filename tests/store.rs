@@ -1,7 +1,8 @@
 //! The document store on disk, simulating two nodes: field-level merge of
 //! concurrent edits exchanged with the Automerge sync protocol, the semantics
 //! of a delete concurrent with an update, reopening, completing a write a
-//! crash cut short, history growth, and a cache smaller than the documents.
+//! crash cut short, history growth, a cache smaller than the documents, and
+//! large documents, which reach sled in pieces.
 
 use std::sync::Arc;
 
@@ -297,21 +298,6 @@ async fn a_cache_smaller_than_the_documents_evicts_idle_ones_and_loses_nothing()
     }
 }
 
-/// `len` characters no compressor shrinks much, so Automerge's changes stay
-/// as large as the JSON.
-fn noise(seed: usize, len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut state = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ALPHABET[(state >> 58) as usize] as char
-        })
-        .collect()
-}
-
 /// Large documents reach sled as pieces of at most 6 KiB: sled counts a page
 /// holding larger values in its cache as a mere pointer and never evicts it.
 /// Every path reads them back whole: updates that grow, shrink and compact
@@ -328,7 +314,7 @@ async fn large_documents_are_stored_in_small_pieces_and_read_back_whole() {
             2 => 150_000,
             _ => 300_000,
         };
-        json!({"n": n, "version": version, "pad": noise(n * 10 + version, len)})
+        json!({"n": n, "version": version, "pad": support::noise::noise((n * 10 + version) as u64, len)})
     };
     let mut expected: Vec<Option<Value>> = vec![None; keys.len()];
     for version in 0..4 {

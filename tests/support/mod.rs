@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod agent_double;
+pub mod noise;
 pub mod notify;
 pub mod pki;
 
