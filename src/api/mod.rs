@@ -25,14 +25,13 @@ pub struct Api {
     node: Arc<Node>,
     /// `None` when the mesh is disabled (`mesh_listen: disabled` and no peers).
     mesh: Option<Mesh>,
-    /// Ends open `Subscribe` streams at shutdown so draining does not wait on them.
-    shutdown: watch::Receiver<bool>,
     subscriptions: Arc<Subscriptions>,
 }
 
 impl Api {
-    /// `subscribe_backlog_bytes` bounds what `Subscribe` clients that read
-    /// slower than documents change may hold (see `subscription.rs`).
+    /// `shutdown` ends open `Subscribe` streams, so that draining does not
+    /// wait on them; `subscribe_backlog_bytes` bounds what their clients may
+    /// hold when they read slower than documents change (see `subscription.rs`).
     pub fn new(
         store: DocumentStore,
         node: Arc<Node>,
@@ -40,8 +39,8 @@ impl Api {
         shutdown: watch::Receiver<bool>,
         subscribe_backlog_bytes: usize,
     ) -> Self {
-        let subscriptions = Subscriptions::new(subscribe_backlog_bytes);
-        Self { store, node, mesh, shutdown, subscriptions }
+        let subscriptions = Subscriptions::new(subscribe_backlog_bytes, shutdown);
+        Self { store, node, mesh, subscriptions }
     }
 
     fn mesh(&self) -> Result<&Mesh, ConnectError> {
@@ -294,7 +293,7 @@ impl PeatSidecar for Api {
             collections.push(name.to_string());
         }
         let feed = self.store.subscribe();
-        Response::stream_ok(self.subscriptions.subscribe(feed, collections, self.shutdown.clone()))
+        Response::stream_ok(self.subscriptions.subscribe(feed, collections))
     }
 
     async fn start_sync(

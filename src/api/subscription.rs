@@ -34,11 +34,13 @@ pub struct Subscriptions {
     held_bytes: AtomicUsize,
     /// Subscribers still receiving (not cut off, not ended).
     receiving: AtomicUsize,
+    /// Ends every stream when the node shuts down.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Subscriptions {
-    pub fn new(budget_bytes: usize) -> Arc<Self> {
-        Arc::new(Self { budget_bytes, held_bytes: AtomicUsize::new(0), receiving: AtomicUsize::new(0) })
+    pub fn new(budget_bytes: usize, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(Self { budget_bytes, held_bytes: AtomicUsize::new(0), receiving: AtomicUsize::new(0), shutdown })
     }
 
     /// A stream of the changes to `collections` (all when empty) from now on,
@@ -48,13 +50,12 @@ impl Subscriptions {
         self: &Arc<Self>,
         feed: broadcast::Receiver<store::DocumentChange>,
         collections: Vec<String>,
-        shutdown: watch::Receiver<bool>,
     ) -> impl Stream<Item = Result<DocumentChange, ConnectError>> + Send + 'static {
         let backlog =
             Arc::new(Backlog { subscriptions: Arc::clone(self), queue: Mutex::default(), ready: Notify::new() });
         self.receiving.fetch_add(1, Ordering::Relaxed);
         let (alive, stream_gone) = oneshot::channel::<()>();
-        tokio::spawn(forward(feed, collections, shutdown, Arc::clone(&backlog), stream_gone));
+        tokio::spawn(forward(feed, collections, self.shutdown.clone(), Arc::clone(&backlog), stream_gone));
         futures::stream::unfold(Some((backlog, alive)), |state| async move {
             let (backlog, alive) = state?;
             match backlog.next().await {
