@@ -493,10 +493,7 @@ impl DocumentStore {
         prefix.push(0);
         let mut docs = Vec::new();
         for entry in self.inner.docs.scan_prefix(&prefix) {
-            let (sled_key, value) = entry?;
-            let key = DocKey::from_record_key(&sled_key).ok_or_else(|| corrupt_key(&sled_key))?;
-            let Some(value) = self.resolve(&key, &sled_key, value)? else { continue };
-            let record = self.decode_record(&key, &value)?;
+            let Some((key, record)) = self.scanned_record(entry)? else { continue };
             if !record.deleted {
                 docs.push((key.doc_id, record.json));
             }
@@ -517,14 +514,8 @@ impl DocumentStore {
         &self,
     ) -> impl Iterator<Item = Result<(DocKey, Vec<ChangeHash>, u64), StoreError>> + '_ {
         self.inner.docs.scan_prefix(record::record_prefix()).filter_map(move |entry| {
-            let read = || {
-                let (sled_key, value) = entry?;
-                let key = DocKey::from_record_key(&sled_key).ok_or_else(|| corrupt_key(&sled_key))?;
-                let Some(value) = self.resolve(&key, &sled_key, value)? else { return Ok(None) };
-                let record = self.decode_record(&key, &value)?;
-                Ok(Some((key, record.heads, record.log_seq)))
-            };
-            read().transpose()
+            let scanned = self.scanned_record(entry).transpose()?;
+            Some(scanned.map(|(key, record)| (key, record.heads, record.log_seq)))
         })
     }
 
@@ -864,6 +855,19 @@ impl DocumentStore {
             Some(value) => Ok(Some(self.decode_record(key, &value)?)),
             None => Ok(None),
         }
+    }
+
+    /// A record met in a scan of record keys; `None` when its document was
+    /// removed while its pieces were read.
+    fn scanned_record(
+        &self,
+        entry: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Result<Option<(DocKey, DocRecord)>, StoreError> {
+        let (sled_key, stored) = entry?;
+        let key = DocKey::from_record_key(&sled_key).ok_or_else(|| corrupt_key(&sled_key))?;
+        let Some(value) = self.resolve(&key, &sled_key, stored)? else { return Ok(None) };
+        let record = self.decode_record(&key, &value)?;
+        Ok(Some((key, record)))
     }
 
     /// The whole stored value of `sled_key`, a key of `key`'s (see [`pieces`]).
