@@ -578,6 +578,41 @@ fn encrypted_data_dir_round_trips_and_refuses_the_wrong_or_missing_key() {
 }
 
 #[test]
+fn a_data_dir_of_a_newer_store_format_fails_startup_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut sidecar = SidecarOptions::new(&data).start();
+    runtime().block_on(async {
+        sidecar.client_h2(Protocol::Grpc, false).put_document(put("kept", "k", r#"{"a":1}"#)).await.unwrap();
+    });
+    let (status, _) = sidecar.terminate();
+    assert!(status.success());
+    let set_format = |format: u32| {
+        let db = sled::open(&data).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        let previous = meta.insert("format", &format.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+        previous.map(|bytes| u32::from_be_bytes(bytes.as_ref().try_into().unwrap()))
+    };
+    assert_eq!(set_format(99), Some(2), "the data directory is marked with the format it was written in");
+
+    let (status, output) = SidecarOptions::new(&data).start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        output.contains(
+            "was written by a newer version of peat-sidecar (store format 99; this version reads formats up to 2)"
+        ),
+        "{output}"
+    );
+    assert_eq!(set_format(2), Some(99), "the refused data directory was left as it was");
+    let sidecar = SidecarOptions::new(&data).start();
+    runtime().block_on(async {
+        let client = sidecar.client_h2(Protocol::Grpc, false);
+        assert_eq!(get_json(&client, "kept", "k").await, Some(serde_json::json!({"a":1})));
+    });
+}
+
+#[test]
 fn a_key_on_a_plaintext_data_dir_fails_startup() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

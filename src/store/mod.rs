@@ -8,6 +8,7 @@
 mod cache;
 pub mod crypto;
 mod durability;
+mod format;
 mod journal;
 pub mod json;
 mod pieces;
@@ -93,6 +94,10 @@ pub enum StoreError {
     PlaintextWithKey(PathBuf),
     #[error("the encryption key does not match the one the data directory {0} was created with")]
     WrongKey(PathBuf),
+    #[error(
+        "the data directory {path} was written by a newer version of peat-sidecar (store format {found}; this version reads formats up to {supported})"
+    )]
+    NewerFormat { path: PathBuf, found: u32, supported: u32 },
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
     #[error("document {key} is corrupt: {reason}")]
@@ -333,8 +338,11 @@ impl DocumentStore {
         })?;
         let docs = db.open_tree("documents")?;
         let meta = db.open_tree("meta")?;
+        format::check(&path, &meta)?;
+        let had_data = !docs.is_empty() || !meta.is_empty();
         let cipher = options.encryption_key.as_ref().map(Cipher::new);
-        check_encryption(&path, &meta, &docs, cipher.as_ref())?;
+        check_encryption(&path, &meta, had_data, cipher.as_ref())?;
+        format::mark(&meta, had_data)?;
         let (mut journal, unapplied) = Journal::open(&path.join(JOURNAL_FILE))?;
         for record in &unapplied {
             let writes = record::decode_writes(record)
@@ -1031,14 +1039,10 @@ fn corrupt_key(key: &[u8]) -> StoreError {
     StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: "malformed key".into() }
 }
 
-fn check_encryption(
-    path: &Path,
-    meta: &sled::Tree,
-    docs: &sled::Tree,
-    cipher: Option<&Cipher>,
-) -> Result<(), StoreError> {
+/// `had_data`: the store existed before this open (a new one gets its marker).
+fn check_encryption(path: &Path, meta: &sled::Tree, had_data: bool, cipher: Option<&Cipher>) -> Result<(), StoreError> {
     match (meta.get(ENCRYPTION_MARKER)?, cipher) {
-        (None, _) if !docs.is_empty() || !meta.is_empty() => {
+        (None, _) if had_data => {
             Err(StoreError::Corrupt { key: "meta/encryption".into(), reason: "marker missing".into() })
         }
         (None, Some(cipher)) => {
