@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{LogFormat, SettingsArgs};
-use crate::store::{DEFAULT_DOCUMENT_CACHE_BYTES, DEFAULT_MAX_DOCUMENT_BYTES};
+use crate::store::{DEFAULT_DOCUMENT_CACHE_BYTES, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_PAGE_CACHE_BYTES};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/peat-sidecar/config.yaml";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/peat-sidecar";
@@ -85,6 +85,9 @@ pub struct Settings {
     pub max_document_bytes: usize,
     /// Estimated memory, in bytes, of the documents kept loaded while unused.
     pub document_cache_bytes: usize,
+    /// Memory, in bytes, of the storage engine's page cache (sled): stored
+    /// records, chunks and index nodes.
+    pub page_cache_bytes: usize,
     /// Changes waiting for `Subscribe` clients that read slower than
     /// documents change, in bytes, all subscribers together.
     pub subscribe_backlog_bytes: usize,
@@ -126,6 +129,7 @@ impl Default for Settings {
             auto_sync: true,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             document_cache_bytes: DEFAULT_DOCUMENT_CACHE_BYTES,
+            page_cache_bytes: DEFAULT_PAGE_CACHE_BYTES,
             subscribe_backlog_bytes: 64 * 1024 * 1024,
             max_request_bytes: 4 * 1024 * 1024,
             log_level: "info".into(),

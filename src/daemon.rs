@@ -43,6 +43,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         encryption_key: settings.encryption_key()?,
         max_document_bytes: settings.max_document_bytes,
         document_cache_bytes: settings.document_cache_bytes,
+        page_cache_bytes: settings.page_cache_bytes,
     })?;
     let node_id = store.node_id(settings.node_id.as_deref()).await?;
     let node = Arc::new(Node::new(node_id));

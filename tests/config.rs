@@ -52,6 +52,7 @@ fn layers_apply_in_order_defaults_file_env_flags() {
     assert_eq!(setting(&defaults, "listen_socket_mode"), "\"0660\"");
     assert_eq!(setting(&defaults, "max_document_bytes"), "1048576");
     assert_eq!(setting(&defaults, "document_cache_bytes"), "33554432");
+    assert_eq!(setting(&defaults, "page_cache_bytes"), "67108864");
     assert_eq!(setting(&defaults, "subscribe_backlog_bytes"), "67108864");
 
     let file = write(
@@ -68,10 +69,12 @@ fn layers_apply_in_order_defaults_file_env_flags() {
         ("PEAT_SIDECAR_LISTEN", "tcp://127.0.0.1:2222"),
         ("PEAT_SIDECAR_PEERS", "b:2, c:3"),
         ("PEAT_SIDECAR_DOCUMENT_CACHE_BYTES", "1048576"),
+        ("PEAT_SIDECAR_PAGE_CACHE_BYTES", "8388608"),
         ("PEAT_SIDECAR_SUBSCRIBE_BACKLOG_BYTES", "2097152"),
     ];
     let from_env = run(&["--config", &file, "config", "check"], &env);
     assert_eq!(setting(&from_env, "document_cache_bytes"), "1048576");
+    assert_eq!(setting(&from_env, "page_cache_bytes"), "8388608");
     assert_eq!(setting(&from_env, "subscribe_backlog_bytes"), "2097152");
     assert_eq!(setting(&from_env, "listen"), "\"tcp://127.0.0.1:2222\"");
     assert_eq!(setting(&from_env, "peers"), r#"["b:2","c:3"]"#);

@@ -137,6 +137,8 @@ pub struct StoreOptions {
     pub max_document_bytes: usize,
     /// Estimated memory of the documents kept loaded while unused.
     pub document_cache_bytes: usize,
+    /// sled's page cache: what it keeps of the stored values and its index.
+    pub page_cache_bytes: usize,
 }
 
 /// The largest document, unless configured.
@@ -144,6 +146,8 @@ pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// The memory for documents kept loaded while unused, unless configured:
 /// about 3 000 small documents with short histories.
 pub const DEFAULT_DOCUMENT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// sled's page cache, unless configured.
+pub const DEFAULT_PAGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl StoreOptions {
     /// A plaintext store in `path` with the default limits.
@@ -153,6 +157,7 @@ impl StoreOptions {
             encryption_key: None,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             document_cache_bytes: DEFAULT_DOCUMENT_CACHE_BYTES,
+            page_cache_bytes: DEFAULT_PAGE_CACHE_BYTES,
         }
     }
 }
@@ -323,7 +328,7 @@ impl DocumentStore {
         let path = options.path.clone();
         let sled_config = sled::Config::new()
             .path(&path)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(options.page_cache_bytes as u64)
             .mode(sled::Mode::HighThroughput)
             // Writes are durable in the journal; sled's own periodic flush
             // bounds what [`Self::meta_set`] may lose.
