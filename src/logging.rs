@@ -31,12 +31,14 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
 /// The filter for a `log_level` or `RUST_LOG` spec. Automerge opens a span
 /// at INFO in every commit and change encoding: at the default level each
 /// write would pay for creating and formatting spans that never show up in
-/// a log line. So automerge is capped at `warn`, unless the spec names it or
-/// nothing in the spec is more verbose than `warn`.
+/// a log line. So automerge is capped at `warn` when the spec's default level
+/// (its bare level, which automerge gets) is more verbose, unless the spec
+/// names automerge. A quieter default is never raised.
 fn filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let filter = EnvFilter::try_new(spec)?;
-    let quiet_already = filter.max_level_hint().is_some_and(|most| most <= LevelFilter::WARN);
-    if quiet_already || spec.contains("automerge") {
+    // Without a bare level, targets the spec does not name log nothing.
+    let default = spec.rsplit(',').find_map(|directive| directive.trim().parse::<LevelFilter>().ok());
+    if default.is_none_or(|level| level <= LevelFilter::WARN) || spec.contains("automerge") {
         return Ok(filter);
     }
     let quiet_automerge: Directive = "automerge=warn".parse()?;
@@ -49,7 +51,7 @@ mod tests {
 
     #[test]
     fn automerge_spans_stay_off_at_every_verbose_level() {
-        for level in ["info", "debug", "trace", "error,peat_sidecar::mesh=debug"] {
+        for level in ["info", "debug", "trace", "info,peat_sidecar::mesh=trace", "peat_sidecar=debug,info"] {
             let directives = filter(level).unwrap().to_string();
             assert!(directives.split(',').any(|d| d == "automerge=warn"), "{level}: {directives}");
         }
@@ -57,7 +59,7 @@ mod tests {
 
     #[test]
     fn a_quieter_level_is_not_raised_for_automerge() {
-        for level in ["warn", "error", "off"] {
+        for level in ["warn", "error", "off", "error,peat_sidecar::mesh=debug", "peat_sidecar=debug"] {
             let directives = filter(level).unwrap().to_string();
             assert!(!directives.contains("automerge"), "{level}: {directives}");
         }
