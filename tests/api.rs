@@ -577,16 +577,23 @@ fn encrypted_data_dir_round_trips_and_refuses_the_wrong_or_missing_key() {
     });
 }
 
-#[test]
-fn a_data_dir_of_a_newer_store_format_fails_startup_by_name() {
+/// A plaintext data directory (`data` in the returned directory) that a
+/// sidecar, stopped since, wrote one document to.
+fn plaintext_data_dir_with(collection: &str, doc_id: &str, json: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut sidecar = SidecarOptions::new(&data).start();
     runtime().block_on(async {
-        sidecar.client_h2(Protocol::Grpc, false).put_document(put("kept", "k", r#"{"a":1}"#)).await.unwrap();
+        sidecar.client_h2(Protocol::Grpc, false).put_document(put(collection, doc_id, json)).await.unwrap();
     });
     let (status, _) = sidecar.terminate();
     assert!(status.success());
+    (dir, data)
+}
+
+#[test]
+fn a_data_dir_of_a_newer_store_format_fails_startup_by_name() {
+    let (_dir, data) = plaintext_data_dir_with("kept", "k", r#"{"a":1}"#);
     let set_format = |format: u32| {
         let db = sled::open(&data).unwrap();
         let meta = db.open_tree("meta").unwrap();
@@ -614,14 +621,7 @@ fn a_data_dir_of_a_newer_store_format_fails_startup_by_name() {
 
 #[test]
 fn a_key_on_a_plaintext_data_dir_fails_startup() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut sidecar = SidecarOptions::new(&data).start();
-    runtime().block_on(async {
-        sidecar.client_h2(Protocol::Grpc, false).put_document(put("plain", "p", r#"{"a":1}"#)).await.unwrap();
-    });
-    let (status, _) = sidecar.terminate();
-    assert!(status.success());
+    let (dir, data) = plaintext_data_dir_with("plain", "p", r#"{"a":1}"#);
     let key = write_key(dir.path(), "key");
     let (status, output) =
         SidecarOptions::new(&data).arg("--encryption-key-file").arg(key.to_str().unwrap()).start_expecting_failure();
