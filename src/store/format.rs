@@ -63,18 +63,12 @@ pub fn mark(meta: &sled::Tree, had_data: bool) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn meta() -> (tempfile::TempDir, sled::Tree) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let meta = db.open_tree("meta").unwrap();
-        (dir, meta)
-    }
+    use crate::store::temp_tree;
 
     #[test]
     fn a_new_or_unmarked_store_is_marked_with_the_current_format() {
         for had_data in [false, true] {
-            let (dir, meta) = meta();
+            let (dir, meta) = temp_tree();
             check(dir.path(), &meta).unwrap();
             mark(&meta, had_data).unwrap();
             assert_eq!(stored(&meta).unwrap(), Some(CURRENT));
@@ -83,7 +77,7 @@ mod tests {
 
     #[test]
     fn a_newer_format_is_refused_by_number_and_left_alone() {
-        let (dir, meta) = meta();
+        let (dir, meta) = temp_tree();
         meta.insert(KEY, &(CURRENT + 1).to_be_bytes()).unwrap();
         let error = check(dir.path(), &meta).unwrap_err().to_string();
         assert!(error.contains(&format!("store format {}", CURRENT + 1)), "{error}");
@@ -93,7 +87,7 @@ mod tests {
 
     #[test]
     fn a_malformed_marker_is_corrupt() {
-        let (dir, meta) = meta();
+        let (dir, meta) = temp_tree();
         meta.insert(KEY, b"2").unwrap();
         assert!(matches!(check(dir.path(), &meta), Err(StoreError::Corrupt { .. })));
     }

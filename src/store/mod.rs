@@ -1070,6 +1070,16 @@ fn check_encryption(path: &Path, meta: &sled::Tree, had_data: bool, cipher: Opti
     }
 }
 
+/// A sled tree in a new temporary directory, which lasts as long as the
+/// returned guard: for the unit tests of the store's parts.
+#[cfg(test)]
+fn temp_tree() -> (tempfile::TempDir, sled::Tree) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let tree = db.open_tree("tree").unwrap();
+    (dir, tree)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

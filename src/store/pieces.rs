@@ -181,13 +181,7 @@ fn parse_piece_key(piece_key: &[u8]) -> Option<(&[u8], u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tree() -> (tempfile::TempDir, sled::Tree) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        (dir, tree)
-    }
+    use crate::store::temp_tree;
 
     fn value(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
@@ -204,7 +198,7 @@ mod tests {
 
     #[test]
     fn long_values_are_split_and_read_back_whole() {
-        let (_dir, tree) = tree();
+        let (_dir, tree) = temp_tree();
         for len in [0, 1, PIECE_BYTES, PIECE_BYTES + 1, 3 * PIECE_BYTES, 1 << 20] {
             let v = value(len, 7);
             write(&tree, b"k", Some(&v)).unwrap();
@@ -217,7 +211,7 @@ mod tests {
 
     #[test]
     fn replacing_or_removing_a_split_value_removes_its_pieces() {
-        let (_dir, tree) = tree();
+        let (_dir, tree) = temp_tree();
         write(&tree, b"k", Some(&value(5 * PIECE_BYTES, 1))).unwrap();
         write(&tree, b"k", Some(&value(2 * PIECE_BYTES, 2))).unwrap();
         assert_eq!(piece_count(&tree), 2);
@@ -230,7 +224,7 @@ mod tests {
 
     #[test]
     fn keys_that_prefix_each_other_keep_their_own_pieces() {
-        let (_dir, tree) = tree();
+        let (_dir, tree) = temp_tree();
         let (a, b) = (value(2 * PIECE_BYTES, 4), value(3 * PIECE_BYTES, 5));
         write(&tree, b"doc", Some(&a)).unwrap();
         write(&tree, b"doc2", Some(&b)).unwrap();
@@ -240,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_missing_piece_is_an_error_not_a_short_value() {
-        let (_dir, tree) = tree();
+        let (_dir, tree) = temp_tree();
         write(&tree, b"k", Some(&value(3 * PIECE_BYTES, 6))).unwrap();
         let last = tree.scan_prefix([PIECE_PREFIX]).keys().last().unwrap().unwrap();
         tree.remove(last).unwrap();
@@ -250,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_reader_of_a_replaced_value_reads_the_new_one() {
-        let (_dir, tree) = tree();
+        let (_dir, tree) = temp_tree();
         write(&tree, b"k", Some(&value(3 * PIECE_BYTES, 8))).unwrap();
         let old_stub = tree.get(b"k").unwrap().unwrap();
         let new = value(4 * PIECE_BYTES, 9);
@@ -263,7 +257,7 @@ mod tests {
 
     #[test]
     fn sweep_removes_only_pieces_no_stub_names() {
-        let (_dir, tree) = tree();
+        let (_dir, tree) = temp_tree();
         let live = value(3 * PIECE_BYTES, 10);
         write(&tree, b"live", Some(&live)).unwrap();
         // An interrupted write: pieces, but the stub never replaced the value.
