@@ -14,7 +14,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{LogFormat, SettingsArgs};
-use crate::store::{DEFAULT_DOCUMENT_CACHE_BYTES, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_PAGE_CACHE_BYTES};
+use crate::store::{
+    DEFAULT_DOCUMENT_CACHE_BYTES, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_PAGE_CACHE_BYTES, MIN_PAGE_CACHE_BYTES,
+};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/peat-sidecar/config.yaml";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/peat-sidecar";
@@ -258,6 +260,9 @@ impl Settings {
         }
         if self.mesh_max_sessions == 0 {
             bail!("setting `mesh_max_sessions` must be at least 1");
+        }
+        if self.page_cache_bytes < MIN_PAGE_CACHE_BYTES {
+            bail!("setting `page_cache_bytes` must be at least {MIN_PAGE_CACHE_BYTES} (1 MiB)");
         }
         if self.max_document_bytes == 0 {
             bail!("setting `max_document_bytes` must be positive");

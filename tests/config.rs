@@ -118,6 +118,7 @@ const BAD_FILES: &[(&str, &str)] = &[
     ("listen_socket_mode: \"rw\"\n", "setting `listen_socket_mode`"),
     ("node_id: \"has space\"\n", "setting `node_id`"),
     ("max_document_bytes: 0\n", "max_document_bytes"),
+    ("page_cache_bytes: 0\n", "setting `page_cache_bytes` must be at least 1048576 (1 MiB)"),
     ("encryption_key: \"not base64!\"\n", "setting `encryption_key`"),
     ("encryption_key: AAAA\n", "exactly 32 bytes"),
     ("- a list\n", "expected a map"),

@@ -137,7 +137,8 @@ pub struct StoreOptions {
     pub max_document_bytes: usize,
     /// Estimated memory of the documents kept loaded while unused.
     pub document_cache_bytes: usize,
-    /// sled's page cache: what it keeps of the stored values and its index.
+    /// sled's page cache: what it keeps of the stored values and its index;
+    /// at least [`MIN_PAGE_CACHE_BYTES`] is used.
     pub page_cache_bytes: usize,
 }
 
@@ -148,6 +149,9 @@ pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_DOCUMENT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// sled's page cache, unless configured.
 pub const DEFAULT_PAGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// The smallest page cache: a few leaves of pieces. (sled itself refuses
+/// less than 256 bytes, by panicking.)
+pub const MIN_PAGE_CACHE_BYTES: usize = 1024 * 1024;
 
 impl StoreOptions {
     /// A plaintext store in `path` with the default limits.
@@ -328,7 +332,7 @@ impl DocumentStore {
         let path = options.path.clone();
         let sled_config = sled::Config::new()
             .path(&path)
-            .cache_capacity(options.page_cache_bytes as u64)
+            .cache_capacity(options.page_cache_bytes.max(MIN_PAGE_CACHE_BYTES) as u64)
             .mode(sled::Mode::HighThroughput)
             // Writes are durable in the journal; sled's own periodic flush
             // bounds what [`Self::meta_set`] may lose.
