@@ -53,7 +53,7 @@ pub fn mark(meta: &sled::Tree, had_data: bool) -> Result<(), StoreError> {
             from = found,
             to = CURRENT,
             "the data directory's store format is upgraded: versions of peat-sidecar that read only format \
-             {found} report documents written from now on as corrupt"
+             {found} cannot use it any more"
         );
     }
     meta.insert(KEY, &CURRENT.to_be_bytes())?;
