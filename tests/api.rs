@@ -577,6 +577,15 @@ fn encrypted_data_dir_round_trips_and_refuses_the_wrong_or_missing_key() {
     });
 }
 
+/// A sidecar started on the plaintext `data` serves the document with `expected` content.
+fn assert_serves_document(data: &std::path::Path, collection: &str, doc_id: &str, expected: serde_json::Value) {
+    let sidecar = SidecarOptions::new(data).start();
+    runtime().block_on(async {
+        let client = sidecar.client_h2(Protocol::Grpc, false);
+        assert_eq!(get_json(&client, collection, doc_id).await, Some(expected));
+    });
+}
+
 /// A plaintext data directory (`data` in the returned directory) that a
 /// sidecar, stopped since, wrote one document to.
 fn plaintext_data_dir_with(collection: &str, doc_id: &str, json: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -612,11 +621,7 @@ fn a_data_dir_of_a_newer_store_format_fails_startup_by_name() {
         "{output}"
     );
     assert_eq!(set_format(2), Some(99), "the refused data directory was left as it was");
-    let sidecar = SidecarOptions::new(&data).start();
-    runtime().block_on(async {
-        let client = sidecar.client_h2(Protocol::Grpc, false);
-        assert_eq!(get_json(&client, "kept", "k").await, Some(serde_json::json!({"a":1})));
-    });
+    assert_serves_document(&data, "kept", "k", serde_json::json!({"a":1}));
 }
 
 #[test]
@@ -627,11 +632,7 @@ fn a_key_on_a_plaintext_data_dir_fails_startup() {
         SidecarOptions::new(&data).arg("--encryption-key-file").arg(key.to_str().unwrap()).start_expecting_failure();
     assert!(!status.success());
     assert!(output.contains("holds plaintext data but an encryption key is configured"), "{output}");
-    let sidecar = SidecarOptions::new(&data).start();
-    runtime().block_on(async {
-        let client = sidecar.client_h2(Protocol::Grpc, false);
-        assert_eq!(get_json(&client, "plain", "p").await, Some(serde_json::json!({"a":1})));
-    });
+    assert_serves_document(&data, "plain", "p", serde_json::json!({"a":1}));
 }
 
 #[test]
