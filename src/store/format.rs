@@ -28,22 +28,22 @@ fn stored(meta: &sled::Tree) -> Result<Option<u32>, StoreError> {
     Ok(Some(u32::from_be_bytes(bytes)))
 }
 
-/// Fails if the data directory in `path` has a format newer than [`CURRENT`].
-/// Reads only: call it before anything is written.
-pub fn check(path: &Path, meta: &sled::Tree) -> Result<(), StoreError> {
+/// The data directory's stored format, for [`mark`]; fails if it is newer
+/// than [`CURRENT`]. Reads only: call it before anything is written.
+pub fn check(path: &Path, meta: &sled::Tree) -> Result<Option<u32>, StoreError> {
     match stored(meta)? {
         Some(found) if found > CURRENT => {
             Err(StoreError::NewerFormat { path: path.to_owned(), found, supported: CURRENT })
         }
-        _ => Ok(()),
+        stored => Ok(stored),
     }
 }
 
-/// Marks the data directory with [`CURRENT`] (durable with sled's next
-/// flush). `had_data` says whether the store existed before this open: an
-/// unmarked one is then of format 1, and its upgrade is logged.
-pub fn mark(meta: &sled::Tree, had_data: bool) -> Result<(), StoreError> {
-    let stored = stored(meta)?;
+/// Marks the data directory, whose format [`check`] returned as `stored`,
+/// with [`CURRENT`] (durable with sled's next flush). `had_data` says whether
+/// the store existed before this open: an unmarked one is then of format 1,
+/// and its upgrade is logged.
+pub fn mark(meta: &sled::Tree, stored: Option<u32>, had_data: bool) -> Result<(), StoreError> {
     if stored == Some(CURRENT) {
         return Ok(());
     }
@@ -69,8 +69,8 @@ mod tests {
     fn a_new_or_unmarked_store_is_marked_with_the_current_format() {
         for had_data in [false, true] {
             let (dir, meta) = temp_tree();
-            check(dir.path(), &meta).unwrap();
-            mark(&meta, had_data).unwrap();
+            let found = check(dir.path(), &meta).unwrap();
+            mark(&meta, found, had_data).unwrap();
             assert_eq!(stored(&meta).unwrap(), Some(CURRENT));
         }
     }

@@ -347,11 +347,11 @@ impl DocumentStore {
         })?;
         let docs = db.open_tree("documents")?;
         let meta = db.open_tree("meta")?;
-        format::check(&path, &meta)?;
+        let stored_format = format::check(&path, &meta)?;
         let had_data = !docs.is_empty() || !meta.is_empty();
         let cipher = options.encryption_key.as_ref().map(Cipher::new);
         check_encryption(&path, &meta, had_data, cipher.as_ref())?;
-        format::mark(&meta, had_data)?;
+        format::mark(&meta, stored_format, had_data)?;
         let (mut journal, unapplied) = Journal::open(&path.join(JOURNAL_FILE))?;
         for record in &unapplied {
             let writes = record::decode_writes(record)
