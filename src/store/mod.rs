@@ -60,6 +60,11 @@ const CHANGE_BYTES: usize = 300;
 const EDITED_CONTENT: usize = 5;
 /// Estimated bytes of a cache entry besides its document: key, record, locks.
 const ENTRY_BYTES: usize = 384;
+/// Changes longer than this are stored deflated. Automerge leaves the changes
+/// it makes uncompressed, and deflating costs more than a small document's
+/// whole write; a large document's change shrinks severalfold, which its
+/// journal write, its disk space and sled's page cache all feel.
+const DEFLATE_CHANGES_OVER: usize = 4096;
 /// Bytes of incremental chunks a document collects before they are compacted
 /// into one snapshot (once the snapshot is larger: as many bytes as it has).
 const COMPACT_AFTER_BYTES: u64 = 4096;
@@ -299,10 +304,19 @@ fn history_of_chunk(chunk_bytes: usize) -> usize {
     (chunk_bytes * 5 / 2).max(CHANGE_BYTES)
 }
 
+/// A change as stored in a chunk: deflated if it is long.
+fn stored_change(change: &mut Change) -> Vec<u8> {
+    if change.raw_bytes().len() > DEFLATE_CHANGES_OVER {
+        change.bytes().into_owned()
+    } else {
+        change.raw_bytes().to_vec()
+    }
+}
+
 /// The estimated history of a document loaded from disk, counted change by
 /// change (a tenth of what loading it costs).
 fn history_of(doc: &Automerge) -> usize {
-    CHANGE_BYTES * doc.get_changes_meta(&[]).len()
+    CHANGE_BYTES * doc.stats().num_changes as usize
 }
 
 type SharedDoc = Arc<Mutex<CachedDoc>>;
@@ -752,8 +766,8 @@ impl DocumentStore {
         let chunk = match create {
             // Nothing was ever written to the document, here or by a peer.
             Some(content) if before == Genesis::get().heads => {
-                let change = Genesis::get().creation_change(&self.inner.actor, content);
-                let chunk = change.raw_bytes().to_vec();
+                let mut change = Genesis::get().creation_change(&self.inner.actor, content);
+                let chunk = stored_change(&mut change);
                 cached.doc = Doc::Created(Box::new(change));
                 Some(chunk)
             }
@@ -818,7 +832,7 @@ impl DocumentStore {
         } else {
             let increment = match chunk {
                 Some(chunk) => chunk,
-                None => cached.loaded()?.save_after(before),
+                None => cached.loaded()?.get_changes(before).iter_mut().flat_map(stored_change).collect(),
             };
             cached.history_bytes += history_of_chunk(increment.len());
             record.incremental_bytes += increment.len() as u64;
