@@ -17,12 +17,15 @@ mod power_cut;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use guest::{Accel, BootOptions, Limits};
 use power_cut::Cut;
 
-const USAGE: &str = "\
+fn usage() -> String {
+    let kinds = Kind::ALL.map(Kind::name).join(",");
+    format!(
+        "\
 usage: cargo xtask vm-test [options]
 
 Runs tests/vm/guest-check.sh for each package kind inside a fresh qemu guest
@@ -31,9 +34,8 @@ across a power cut, then the two-node mesh check in network namespaces.
 Needs root and `cargo xtask dist` output.
 
 options:
-  --kinds LIST      comma-separated subset of:
-                    deb,rpm,install.sh,power-cut,power-cut-in-checkpoint,
-                    mesh (default: all)
+  --kinds LIST      comma-separated subset of (default: all)
+                    {kinds}
   --dist DIR        where `cargo xtask dist` put the artifacts (default: dist)
   --cache-dir DIR   guest image cache (default: $PEAT_SIDECAR_VM_CACHE,
                     $XDG_CACHE_HOME/peat-sidecar-vm, or
@@ -47,12 +49,52 @@ options:
   --keep            keep the run directory (overlays, consoles, logs)
 
 environment: PEAT_SIDECAR_VM_MIRROR (Debian mirror for the guest image)
-";
+"
+    )
+}
 
-const ALL_KINDS: &[&str] = &["deb", "rpm", "install.sh", "power-cut", "power-cut-in-checkpoint", "mesh"];
+/// What one row of the result table checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Deb,
+    Rpm,
+    InstallSh,
+    PowerCut(Cut),
+    /// The only kind that runs on the host, not in a guest.
+    Mesh,
+}
+
+impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Deb,
+        Kind::Rpm,
+        Kind::InstallSh,
+        Kind::PowerCut(Cut::AfterCheckpoint),
+        Kind::PowerCut(Cut::InCheckpoint),
+        Kind::Mesh,
+    ];
+
+    /// The name `--kinds` takes and the result table shows.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Deb => "deb",
+            Kind::Rpm => "rpm",
+            Kind::InstallSh => "install.sh",
+            Kind::PowerCut(cut) => cut.kind(),
+            Kind::Mesh => "mesh",
+        }
+    }
+
+    fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| anyhow!("unknown kind `{name}` (known: {})", Self::ALL.map(Kind::name).join(", ")))
+    }
+}
 
 struct Options {
-    kinds: Vec<String>,
+    kinds: Vec<Kind>,
     dist: PathBuf,
     cache: PathBuf,
     accel: Option<Accel>,
@@ -74,7 +116,7 @@ fn default_cache() -> PathBuf {
 
 fn parse(args: &[String], root: &Path) -> Result<Option<Options>> {
     let mut o = Options {
-        kinds: ALL_KINDS.iter().map(|k| k.to_string()).collect(),
+        kinds: Kind::ALL.to_vec(),
         dist: root.join("dist"),
         cache: default_cache(),
         accel: None,
@@ -89,12 +131,7 @@ fn parse(args: &[String], root: &Path) -> Result<Option<Options>> {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--kinds" => {
-                o.kinds = value()?.split(',').filter(|k| !k.is_empty()).map(str::to_string).collect();
-                for k in &o.kinds {
-                    if !ALL_KINDS.contains(&k.as_str()) {
-                        bail!("unknown kind `{k}` (known: {})", ALL_KINDS.join(", "));
-                    }
-                }
+                o.kinds = value()?.split(',').filter(|k| !k.is_empty()).map(Kind::from_name).collect::<Result<_>>()?;
             }
             "--dist" => o.dist = PathBuf::from(value()?),
             "--cache-dir" => o.cache = PathBuf::from(value()?),
@@ -111,10 +148,10 @@ fn parse(args: &[String], root: &Path) -> Result<Option<Options>> {
             "--jobs" => o.jobs = value()?.parse().context("--jobs needs a number")?,
             "--keep" => o.keep = true,
             "-h" | "--help" => {
-                print!("{USAGE}");
+                print!("{}", usage());
                 return Ok(None);
             }
-            other => bail!("unknown option `{other}`\n\n{USAGE}"),
+            other => bail!("unknown option `{other}`\n\n{}", usage()),
         }
     }
     if o.dist.is_relative() {
@@ -124,7 +161,7 @@ fn parse(args: &[String], root: &Path) -> Result<Option<Options>> {
 }
 
 struct Row {
-    kind: String,
+    kind: Kind,
     passed: bool,
     seconds: f64,
     note: String,
@@ -135,7 +172,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let Some(opts) = parse(args, &root)? else { return Ok(()) };
     let started = Instant::now();
     let mut timings = Vec::new();
-    let guest_kinds: Vec<String> = opts.kinds.iter().filter(|k| *k != "mesh").cloned().collect();
+    let guest_kinds: Vec<Kind> = opts.kinds.iter().copied().filter(|kind| *kind != Kind::Mesh).collect();
 
     host::stage(&mut timings, "tools", host::ensure_tools)?;
     if opts.image_only {
@@ -167,9 +204,10 @@ pub fn run(args: &[String]) -> Result<()> {
             guest::choose_accel(&image, &run_dir.join("probe"), opts.accel)
         })?;
         let jobs = opts.jobs.clamp(1, guest_kinds.len());
-        let name = format!("guests ({}; {jobs} at a time)", guest_kinds.join(", "));
+        let names: Vec<&str> = guest_kinds.iter().map(|kind| kind.name()).collect();
+        let name = format!("guests ({}; {jobs} at a time)", names.join(", "));
         let mut guest_rows = host::stage(&mut timings, &name, || {
-            let queue = std::sync::Mutex::new(guest_kinds.iter().rev().cloned().collect::<Vec<_>>());
+            let queue = std::sync::Mutex::new(guest_kinds.iter().rev().copied().collect::<Vec<_>>());
             let done = std::sync::Mutex::new(Vec::new());
             std::thread::scope(|scope| {
                 for _ in 0..jobs {
@@ -179,35 +217,29 @@ pub fn run(args: &[String]) -> Result<()> {
                             // while the guest runs.
                             let next = queue.lock().expect("queue").pop();
                             let Some(kind) = next else { break };
-                            println!("--> guest {kind}: booting");
-                            let work = run_dir.join(&kind);
+                            let name = kind.name();
+                            println!("--> guest {name}: booting");
+                            let work = run_dir.join(name);
                             let began = Instant::now();
-                            let row = match kind.as_str() {
-                                "power-cut" => {
-                                    power_cut_row(&root, &image, accel, &work, &art.binary(), Cut::AfterCheckpoint)
-                                }
-                                "power-cut-in-checkpoint" => {
-                                    power_cut_row(&root, &image, accel, &work, &art.binary(), Cut::InCheckpoint)
-                                }
-                                package_kind => {
-                                    let (artifact, newer) = match package_kind {
-                                        "deb" => (&art.deb, &upgrade.0),
-                                        "rpm" => (&art.rpm, &upgrade.1),
-                                        // The release tarball installs itself; its upgrade
-                                        // is the same release installed over a running one.
-                                        _ => (&art.tarball, &art.tarball),
-                                    };
-                                    guest_kind(&root, &image, accel, &work, package_kind, artifact, newer)
-                                }
+                            let in_guest =
+                                |artifact, newer| guest_kind(&root, &image, accel, &work, kind, artifact, newer);
+                            let row = match kind {
+                                Kind::Deb => in_guest(&art.deb, &upgrade.0),
+                                Kind::Rpm => in_guest(&art.rpm, &upgrade.1),
+                                // The release tarball installs itself; its upgrade
+                                // is the same release installed over a running one.
+                                Kind::InstallSh => in_guest(&art.tarball, &art.tarball),
+                                Kind::PowerCut(cut) => power_cut_row(&root, &image, accel, &work, &art.binary(), cut),
+                                Kind::Mesh => unreachable!("the mesh check runs on the host"),
                             }
                             .unwrap_or_else(|err| Row {
-                                kind: kind.clone(),
+                                kind,
                                 passed: false,
                                 seconds: began.elapsed().as_secs_f64(),
                                 note: format!("{err:#}"),
                             });
                             let verdict = if row.passed { "pass" } else { "FAIL" };
-                            println!("<-- guest {kind}: {verdict} in {:.1} s", row.seconds);
+                            println!("<-- guest {name}: {verdict} in {:.1} s", row.seconds);
                             done.lock().expect("results").push(row);
                         }
                     });
@@ -218,12 +250,12 @@ pub fn run(args: &[String]) -> Result<()> {
         guest_rows.sort_by_key(|r| guest_kinds.iter().position(|k| *k == r.kind));
         rows.extend(guest_rows);
     }
-    if opts.kinds.iter().any(|k| k == "mesh") {
+    if opts.kinds.contains(&Kind::Mesh) {
         let row = host::stage(&mut timings, "mesh (two network namespaces)", || {
             let t = Instant::now();
             let result = mesh::run(&art.binary(), &run_dir.join("mesh"));
             Ok(Row {
-                kind: "mesh".into(),
+                kind: Kind::Mesh,
                 passed: result.is_ok(),
                 seconds: t.elapsed().as_secs_f64(),
                 note: result.err().map(|e| format!("{e:#}")).unwrap_or_default(),
@@ -239,14 +271,14 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("  {:<32} {:>7.1} s", "total", started.elapsed().as_secs_f64());
     println!("\n{:<24} {:<6} {:>8}", "kind", "result", "seconds");
     for r in &rows {
-        println!("{:<24} {:<6} {:>8.1}", r.kind, if r.passed { "pass" } else { "FAIL" }, r.seconds);
+        println!("{:<24} {:<6} {:>8.1}", r.kind.name(), if r.passed { "pass" } else { "FAIL" }, r.seconds);
     }
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.passed).collect();
     let passed = rows.len() - failed.len();
     println!("vm-test: {passed} passed, {} failed", failed.len());
     if !failed.is_empty() {
         for r in &failed {
-            println!("\n{} failed: {}", r.kind, r.note);
+            println!("\n{} failed: {}", r.kind.name(), r.note);
         }
         println!("run directory kept: {}", run_dir.display());
         bail!("{} of {} vm-test kinds failed", failed.len(), rows.len());
@@ -297,7 +329,7 @@ fn image_only(root: &Path, opts: &Options, timings: &mut Vec<(String, f64)>) -> 
 /// A power-cut check (two boots on one data disk) as a row.
 fn power_cut_row(root: &Path, image: &image::Image, accel: Accel, work: &Path, binary: &Path, cut: Cut) -> Result<Row> {
     let seconds = power_cut::run(root, image, accel, work, binary, cut)?;
-    Ok(Row { kind: cut.kind().into(), passed: true, seconds, note: String::new() })
+    Ok(Row { kind: Kind::PowerCut(cut), passed: true, seconds, note: String::new() })
 }
 
 /// One kind in one fresh guest: share the script and artifacts, boot, and
@@ -307,7 +339,7 @@ fn guest_kind(
     image: &image::Image,
     accel: Accel,
     work: &Path,
-    kind: &str,
+    kind: Kind,
     artifact: &Path,
     newer: &Path,
 ) -> Result<Row> {
@@ -324,9 +356,12 @@ fn guest_kind(
     };
     let (first, second) = (copy_in(artifact)?, copy_in(newer)?);
     std::fs::copy(root.join("tests/vm/guest-check.sh"), share.join("guest-check.sh"))?;
-    guest::write_job(&share, &format!("exec sh ./guest-check.sh '{kind}' \"$PWD/{first}\" \"$PWD/{second}\"\n"))?;
+    guest::write_job(
+        &share,
+        &format!("exec sh ./guest-check.sh '{}' \"$PWD/{first}\" \"$PWD/{second}\"\n", kind.name()),
+    )?;
     let limits = Limits { start: Duration::from_secs(300), total: Duration::from_secs(1200), first_output: None };
-    let prefix = format!("[{kind}] ");
+    let prefix = format!("[{}] ", kind.name());
     let options = BootOptions { quiet: true, prefix: Some(&prefix), ..Default::default() };
     let outcome = guest::boot(image, accel, work, &share, &limits, &options)?;
     let passed = outcome.status == Some(0) && outcome.aborted.is_none();
@@ -338,7 +373,7 @@ fn guest_kind(
         guest::explain(&outcome)
     };
     if !passed {
-        println!("{kind}: {note}");
+        println!("{}: {note}", kind.name());
     }
-    Ok(Row { kind: kind.into(), passed, seconds: outcome.seconds, note })
+    Ok(Row { kind, passed, seconds: outcome.seconds, note })
 }

@@ -20,7 +20,7 @@ const ACKED_BEFORE_CUT: usize = 100;
 const DATA_DISK_BYTES: u64 = 512 << 20;
 
 /// When, relative to a checkpoint of the store, the power goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
     /// Just after one: the journal has started over, so the writes before
     /// it are only in sled's files.
