@@ -351,11 +351,13 @@ async fn large_documents_are_stored_in_small_pieces_and_read_back_whole() {
 
 /// A large document's changes are stored deflated: its chunks take a
 /// fraction of its JSON, written here, edited whole, or received from a
-/// peer, and every copy reads back whole after reopening.
+/// peer (whose store is encrypted: values are deflated, then sealed), and
+/// every copy reads back whole after reopening.
 #[tokio::test]
 async fn a_large_documents_changes_are_stored_deflated() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let encrypted = StoreOptions { encryption_key: Some([7; 32]), ..StoreOptions::new(dir_b.path()) };
+    let (a, b) = (open(dir_a.path()), support::open_store(&encrypted));
     let key = DocKey::new("big", "report");
     let content = |version: usize| -> Value {
         let fields = (0..8000).map(|n| (format!("field-{n:05}"), json!(format!("{version}: {n:0>100}"))));
@@ -367,11 +369,11 @@ async fn a_large_documents_changes_are_stored_deflated() {
     drop((a, b));
 
     let json_bytes = content(1).to_string().len();
-    for dir in [&dir_a, &dir_b] {
-        let store = open(dir.path());
+    for options in [StoreOptions::new(dir_a.path()), encrypted] {
+        let store = support::open_store(&options);
         assert_eq!(get(&store, &key), Some(content(1)));
         drop(store);
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled::open(&options.path).unwrap();
         let docs = db.open_tree("documents").unwrap();
         let stored: usize = docs.iter().values().map(|v| v.unwrap().len()).sum();
         // The record keeps the JSON whole; the rest is the change log.
