@@ -4,6 +4,13 @@
 //! registers, not text CRDTs). Writing reconciles: only what differs from the
 //! current document produces operations, so unchanged fields cost nothing and
 //! concurrent edits of different fields merge field by field.
+//!
+//! Every change sets a map's fields, and a list's existing elements, from the
+//! last to the first. Automerge 0.12 spends quadratic memory (until the
+//! document's next edit) and twice the time on string values overwritten in
+//! ascending order: for 8 000 fields of 100 bytes, 174 MB and 0.9 s against
+//! 3 MB and 0.3 s. A change's order of independent fields means nothing to
+//! the CRDT.
 
 use automerge::legacy::{ElementId, Key, ObjectId, Op, OpId, OpType, SortedVec};
 use automerge::transaction::Transactable;
@@ -18,7 +25,7 @@ pub fn reconcile_map<T: Transactable>(tx: &mut T, obj: &ObjId, target: &Map<Stri
     for key in stale {
         tx.delete(obj, key)?;
     }
-    for (key, value) in target {
+    for (key, value) in target.iter().rev() {
         reconcile_prop(tx, obj, Prop::Map(key.clone()), value, false)?;
     }
     Ok(())
@@ -36,7 +43,7 @@ pub fn reconcile_map_from<T: Transactable>(
     for key in current.keys().filter(|key| !target.contains_key(*key)) {
         tx.delete(obj, key.as_str())?;
     }
-    for (key, value) in target {
+    for (key, value) in target.iter().rev() {
         match value {
             _ if current.get(key).is_some_and(|known| same(known, value)) => {}
             Json::Object(_) | Json::Array(_) => reconcile_prop(tx, obj, Prop::Map(key.clone()), value, false)?,
@@ -81,7 +88,7 @@ impl OpsBuilder<'_> {
     }
 
     fn fill_map(&mut self, obj: &ObjectId, target: &Map<String, Json>) {
-        for (key, value) in target {
+        for (key, value) in target.iter().rev() {
             self.push(obj, Key::Map(key.as_str().into()), value, false);
         }
     }
@@ -97,8 +104,12 @@ impl OpsBuilder<'_> {
 /// Makes the list `obj` equal to `target`, updating elements in place.
 fn reconcile_list<T: Transactable>(tx: &mut T, obj: &ObjId, target: &[Json]) -> Result<()> {
     let current = tx.length(obj);
-    for (index, value) in target.iter().enumerate() {
-        reconcile_prop(tx, obj, Prop::Seq(index), value, index >= current)?;
+    let (existing, appended) = target.split_at(current.min(target.len()));
+    for (index, value) in existing.iter().enumerate().rev() {
+        reconcile_prop(tx, obj, Prop::Seq(index), value, false)?;
+    }
+    for (offset, value) in appended.iter().enumerate() {
+        reconcile_prop(tx, obj, Prop::Seq(existing.len() + offset), value, true)?;
     }
     for index in (target.len()..current).rev() {
         tx.delete(obj, index)?;

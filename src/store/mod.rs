@@ -304,6 +304,14 @@ fn history_of_chunk(chunk_bytes: usize) -> usize {
     (chunk_bytes * 5 / 2).max(CHANGE_BYTES)
 }
 
+/// The changes after `before`, as stored in a chunk, and the history they add
+/// (estimated from their size before deflating).
+fn changes_since(doc: &Automerge, before: &[ChangeHash]) -> (Vec<u8>, usize) {
+    let mut changes = doc.get_changes(before);
+    let history = history_of_chunk(changes.iter().map(|change| change.raw_bytes().len()).sum());
+    (changes.iter_mut().flat_map(stored_change).collect(), history)
+}
+
 /// A change as stored in a chunk: deflated if it is long.
 fn stored_change(change: &mut Change) -> Vec<u8> {
     if change.raw_bytes().len() > DEFLATE_CHANGES_OVER {
@@ -816,28 +824,40 @@ impl DocumentStore {
         let mut ops = Vec::with_capacity(4);
         // Chunks load on top of the genesis, so a young document is just its
         // changes; it is compacted into one snapshot once they outgrow it.
-        let compact = record.incremental_bytes > record.snapshot_bytes.max(COMPACT_AFTER_BYTES);
-        if compact {
-            // Chunks are numbered contiguously up to `next_seq`.
-            for seq in record.next_seq - u64::from(record.chunk_count)..record.next_seq {
-                ops.push((key.chunk_key(seq), None));
+        let limit = record.snapshot_bytes.max(COMPACT_AFTER_BYTES);
+        let created = chunk.is_some();
+        let increment = match chunk {
+            _ if record.incremental_bytes > limit => None,
+            Some(chunk) => {
+                let history = history_of_chunk(chunk.len());
+                Some((chunk, history))
             }
-            let snapshot = cached.loaded()?.save();
-            // This write's own changes, as far as known without encoding them.
-            cached.history_bytes += CHANGE_BYTES;
-            record.snapshot_bytes = snapshot.len() as u64;
-            record.incremental_bytes = 0;
-            record.chunk_count = 1;
-            ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&snapshot))));
-        } else {
-            let increment = match chunk {
-                Some(chunk) => chunk,
-                None => cached.loaded()?.get_changes(before).iter_mut().flat_map(stored_change).collect(),
-            };
-            cached.history_bytes += history_of_chunk(increment.len());
-            record.incremental_bytes += increment.len() as u64;
-            record.chunk_count += 1;
-            ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&increment))));
+            None => Some(changes_since(cached.loaded()?, before)),
+        };
+        match increment {
+            // A change that outgrows the snapshot by itself is compacted at
+            // once: loading it would cost Automerge 0.12 memory quadratic in
+            // the fields it overwrites (`json.rs`). A new document's first
+            // change overwrites nothing.
+            Some((increment, history)) if created || increment.len() as u64 <= limit => {
+                cached.history_bytes += history;
+                record.incremental_bytes += increment.len() as u64;
+                record.chunk_count += 1;
+                ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&increment))));
+            }
+            increment => {
+                // Chunks are numbered contiguously up to `next_seq`.
+                for seq in record.next_seq - u64::from(record.chunk_count)..record.next_seq {
+                    ops.push((key.chunk_key(seq), None));
+                }
+                let snapshot = cached.loaded()?.save();
+                // This write's own changes, as far as known without encoding them.
+                cached.history_bytes += increment.map_or(CHANGE_BYTES, |(_, history)| history);
+                record.snapshot_bytes = snapshot.len() as u64;
+                record.incremental_bytes = 0;
+                record.chunk_count = 1;
+                ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&snapshot))));
+            }
         }
         record.next_seq += 1;
         record.heads = cached.heads();
