@@ -298,6 +298,13 @@ async fn a_cache_smaller_than_the_documents_evicts_idle_ones_and_loses_nothing()
     }
 }
 
+/// The sizes of the values in the document tree of the closed store in `dir`.
+fn stored_value_sizes(dir: &std::path::Path) -> Vec<usize> {
+    let db = sled::open(dir).unwrap();
+    let docs = db.open_tree("documents").unwrap();
+    docs.iter().values().map(|value| value.unwrap().len()).collect()
+}
+
 /// Large documents reach sled as pieces of at most 6 KiB: sled counts a page
 /// holding larger values in its cache as a mere pointer and never evicts it.
 /// Every path reads them back whole: updates that grow, shrink and compact
@@ -341,11 +348,10 @@ async fn large_documents_are_stored_in_small_pieces_and_read_back_whole() {
     assert_eq!(get(&a, &keys[5]), Some(json!({"small": true})));
     drop(a);
 
-    let db = sled::open(dir_a.path()).unwrap();
-    let docs = db.open_tree("documents").unwrap();
-    let longest = docs.iter().values().map(|v| v.unwrap().len()).max().unwrap();
+    let sizes = stored_value_sizes(dir_a.path());
+    let longest = *sizes.iter().max().unwrap();
     assert!(longest <= 6 * 1024, "a value of {longest} bytes reached sled");
-    let stored: usize = docs.iter().values().map(|v| v.unwrap().len()).sum();
+    let stored: usize = sizes.iter().sum();
     assert!(stored > 8 * 150_000, "the documents are not all there: {stored} bytes");
 }
 
@@ -373,9 +379,7 @@ async fn a_large_documents_changes_are_stored_deflated() {
         let store = support::open_store(&options);
         assert_eq!(get(&store, &key), Some(content(1)));
         drop(store);
-        let db = sled::open(&options.path).unwrap();
-        let docs = db.open_tree("documents").unwrap();
-        let stored: usize = docs.iter().values().map(|v| v.unwrap().len()).sum();
+        let stored: usize = stored_value_sizes(&options.path).iter().sum();
         // The record keeps the JSON whole; the rest is the change log.
         let changes = stored - json_bytes;
         assert!(changes < json_bytes / 4, "{changes} bytes of changes for {json_bytes} bytes of JSON");
