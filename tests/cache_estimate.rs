@@ -4,14 +4,14 @@
 //! The cache bounds memory only as well as its estimate, so this keeps the
 //! estimate's constants honest when Automerge changes, checks that a
 //! history received from a peer is estimated like one loaded from disk, and
-//! that replacing a large document whole, then loading it again, takes
-//! memory in proportion to it.
+//! that replacing a large document whole, then loading it again, or
+//! receiving such a replacement from a peer, takes memory in proportion to it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use automerge::sync;
-use peat_sidecar::store::{DocKey, StoreOptions};
+use peat_sidecar::store::{DocKey, DocumentStore, StoreOptions};
 use serde_json::{Value, json};
 
 mod support;
@@ -114,6 +114,34 @@ fn loading_heap(shape: &str, dir: &tempfile::TempDir, keys: &[DocKey]) -> (f64, 
     (heap, estimated)
 }
 
+/// Syncs `key` from store `a` to store `b` until neither has more to send,
+/// then waits until `b` has stored what it received: the heap that `b`'s
+/// side of the exchange kept.
+async fn sync_into(a: &DocumentStore, b: &DocumentStore, key: &DocKey) -> isize {
+    let (mut a_to_b, mut b_to_a) = (sync::State::new(), sync::State::new());
+    let peer: std::sync::Arc<str> = "node-a".into();
+    let mut b_heap = 0;
+    loop {
+        let from_a = a.generate_sync_message(key, &mut a_to_b).unwrap();
+        let b_before = thread_bytes();
+        let from_b = b.generate_sync_message(key, &mut b_to_a).unwrap();
+        b_heap += thread_bytes() - b_before;
+        if from_a.is_none() && from_b.is_none() {
+            break;
+        }
+        if let Some(message) = from_a {
+            let b_before = thread_bytes();
+            b.receive_sync_message(key, &mut b_to_a, message, &peer).unwrap();
+            b_heap += thread_bytes() - b_before;
+        }
+        if let Some(message) = from_b {
+            a.receive_sync_message(key, &mut a_to_b, message, &peer).unwrap();
+        }
+    }
+    b.flush().await.unwrap();
+    b_heap
+}
+
 /// A document with a long history that arrives from a peer is estimated
 /// from the changes as they arrive; that must agree with the estimate from
 /// counting them when the document is loaded later.
@@ -125,22 +153,7 @@ async fn received_history_against_loaded(updates: usize) {
     for revision in 0..updates {
         a.put_json(&key.collection, &key.doc_id, &platform(0, revision).to_string()).await.unwrap();
     }
-    let (mut a_to_b, mut b_to_a) = (sync::State::new(), sync::State::new());
-    let peer: std::sync::Arc<str> = "node-a".into();
-    loop {
-        let from_a = a.generate_sync_message(&key, &mut a_to_b).unwrap();
-        let from_b = store_b.generate_sync_message(&key, &mut b_to_a).unwrap();
-        if from_a.is_none() && from_b.is_none() {
-            break;
-        }
-        if let Some(message) = from_a {
-            store_b.receive_sync_message(&key, &mut b_to_a, message, &peer).unwrap();
-        }
-        if let Some(message) = from_b {
-            a.receive_sync_message(&key, &mut a_to_b, message, &peer).unwrap();
-        }
-    }
-    store_b.flush().await.unwrap();
+    sync_into(&a, &store_b, &key).await;
     let received = store_b.cache_usage().bytes as f64;
     drop(store_b);
     let store_b = open_store(&b);
@@ -198,6 +211,31 @@ async fn whole_edit_against_heap(shape: &str, before: Value, after: Value) {
     assert!(heap < 8.0 * json_bytes, "{shape}: loading took {:.0} KiB", heap / 1024.0);
 }
 
+/// A large document replaced whole by a peer: applying the peer's change
+/// costs Automerge 0.12 memory quadratic in the fields it overwrites
+/// (it applies them in key order, whatever order they were made in), and it
+/// keeps that memory until the document's next edit. The receiver must
+/// hold it in proportion to the document once the change is stored.
+async fn received_whole_edit_against_heap(shape: &str, before: Value, after: Value) {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open_store(&unbounded(&dir_a)), open_store(&unbounded(&dir_b)));
+    let key = DocKey::new("big", "b0");
+    a.put_json(&key.collection, &key.doc_id, &before.to_string()).await.unwrap();
+    sync_into(&a, &b, &key).await;
+    let after = after.to_string();
+    a.put_json(&key.collection, &key.doc_id, &after).await.unwrap();
+
+    let heap = sync_into(&a, &b, &key).await as f64;
+    println!(
+        "{shape}: the receiver kept {:.0} KiB more; the cache estimates the document at {:.0} KiB",
+        heap / 1024.0,
+        b.cache_usage().bytes as f64 / 1024.0
+    );
+    assert_eq!(b.get(&key.collection, &key.doc_id).unwrap().as_deref(), Some(after.as_str()));
+    let json_bytes = after.len() as f64;
+    assert!(heap < 8.0 * json_bytes, "{shape}: the receiver kept {:.0} KiB", heap / 1024.0);
+}
+
 fn platform(n: usize, revision: usize) -> Value {
     json!({
         "id": format!("platform-{n}"), "platform_type": "vehicle", "name": format!("Vehicle {n}"),
@@ -221,6 +259,8 @@ async fn the_cache_estimates_document_memory_within_its_tolerance() {
     };
     estimate_against_heap("one ~900 KiB document", vec![(DocKey::new("big", "b0"), fields(0))]).await;
     whole_edit_against_heap("one ~900 KiB document, every field changed", fields(0), fields(1)).await;
+    received_whole_edit_against_heap("one ~900 KiB document, every field changed by a peer", fields(0), fields(1))
+        .await;
 
     received_history_against_loaded(2000).await;
 }

@@ -790,7 +790,8 @@ impl DocumentStore {
                 None
             }
         };
-        let prepared = match self.prepare(key, cached, &before, chunk, json) {
+        let received = matches!(origin, Origin::Peer(_));
+        let prepared = match self.prepare(key, cached, &before, chunk, json, received) {
             Ok(prepared) => prepared,
             Err(err) => {
                 // Undo the edit in memory rather than reloading from disk:
@@ -810,8 +811,8 @@ impl DocumentStore {
     }
 
     /// The chunk and record changes that persist `cached.doc`'s changes since
-    /// `before` (encoded in `chunk` if the caller has them), with the updated
-    /// record and the JSON to publish.
+    /// `before` (encoded in `chunk` if the caller has them, `received` from a
+    /// peer if not made here), with the updated record and the JSON to publish.
     fn prepare(
         &self,
         key: &DocKey,
@@ -819,6 +820,7 @@ impl DocumentStore {
         before: &[ChangeHash],
         chunk: Option<Vec<u8>>,
         json: Option<String>,
+        received: bool,
     ) -> Result<Prepared, StoreError> {
         let mut record = cached.record.clone();
         let mut ops = Vec::with_capacity(4);
@@ -851,8 +853,19 @@ impl DocumentStore {
                     ops.push((key.chunk_key(seq), None));
                 }
                 let snapshot = cached.loaded()?.save();
-                // This write's own changes, as far as known without encoding them.
-                cached.history_bytes += increment.map_or(CHANGE_BYTES, |(_, history)| history);
+                if received && increment.is_some() {
+                    // Applying the peer's change cost that quadratic memory
+                    // (Automerge applies a change's operations in key order,
+                    // whatever order they were made in) and keeps it until
+                    // the document's next edit; the snapshot loads without it.
+                    let reloaded = Automerge::load(&snapshot)?;
+                    cached.history_bytes = history_of(&reloaded);
+                    cached.doc = Doc::Loaded(Box::new(reloaded));
+                    cached.edited = false;
+                } else {
+                    // This write's own changes, as far as known without encoding them.
+                    cached.history_bytes += increment.map_or(CHANGE_BYTES, |(_, history)| history);
+                }
                 record.snapshot_bytes = snapshot.len() as u64;
                 record.incremental_bytes = 0;
                 record.chunk_count = 1;
