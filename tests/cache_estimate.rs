@@ -225,9 +225,11 @@ async fn received_whole_edit_against_heap(shape: &str, before: Value, after: Val
     let after = after.to_string();
     a.put_json(&key.collection, &key.doc_id, &after).await.unwrap();
 
+    let started = std::time::Instant::now();
     let heap = sync_into(&a, &b, &key).await as f64;
     println!(
-        "{shape}: the receiver kept {:.0} KiB more; the cache estimates the document at {:.0} KiB",
+        "{shape}: synced in {:.0} ms, the receiver kept {:.0} KiB more; the cache estimates the document at {:.0} KiB",
+        started.elapsed().as_secs_f64() * 1e3,
         heap / 1024.0,
         b.cache_usage().bytes as f64 / 1024.0
     );
