@@ -223,6 +223,65 @@ fn materialize_value<R: ReadDoc>(doc: &R, value: Value<'_>, id: &ObjId) -> Resul
     })
 }
 
+/// How many values (objects, arrays, scalars) the JSON text holds, the
+/// outermost included; each is one live operation of the document. Counted
+/// without building them; text that does not parse counts as nothing.
+pub fn count_values(json_text: &str) -> u64 {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Deserializes any value, returning how many it held.
+    struct Count;
+
+    impl<'de> serde::de::DeserializeSeed<'de> for Count {
+        type Value = u64;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<u64, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Count {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<u64, E> {
+            Ok(1)
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<u64, E> {
+            Ok(1)
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<u64, E> {
+            Ok(1)
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<u64, E> {
+            Ok(1)
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<u64, E> {
+            Ok(1)
+        }
+        fn visit_unit<E>(self) -> std::result::Result<u64, E> {
+            Ok(1)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> std::result::Result<u64, A::Error> {
+            let mut count = 1;
+            while let Some(inner) = items.next_element_seed(Count)? {
+                count += inner;
+            }
+            Ok(count)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> std::result::Result<u64, A::Error> {
+            let mut count = 1;
+            while fields.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                count += fields.next_value_seed(Count)?;
+            }
+            Ok(count)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_str(json_text);
+    serde::de::DeserializeSeed::deserialize(Count, &mut deserializer).unwrap_or(0)
+}
+
 fn from_scalar(scalar: &ScalarValue) -> Json {
     match scalar {
         ScalarValue::Null => Json::Null,
@@ -237,5 +296,18 @@ fn from_scalar(scalar: &ScalarValue) -> Json {
             Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))
         }
         ScalarValue::Unknown { .. } => Json::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_value_once_the_outermost_included() {
+        assert_eq!(count_values(r#"{"a":1,"b":[1,"x",{"c":null}],"d":{},"e":true,"f":-2.5}"#), 10);
+        assert_eq!(count_values("{}"), 1);
+        assert_eq!(count_values(""), 0);
+        assert_eq!(count_values("{\"a\":"), 0);
     }
 }

@@ -321,10 +321,17 @@ fn stored_change(change: &mut Change) -> Vec<u8> {
     }
 }
 
-/// The estimated history of a document loaded from disk, counted change by
-/// change (a tenth of what loading it costs).
-fn history_of(doc: &Automerge) -> usize {
-    CHANGE_BYTES * doc.stats().num_changes as usize
+/// The estimated history of a document loaded from disk, whose content is
+/// `json`: its changes, counted one by one, and the values its operations
+/// still hold besides the content (what was overwritten or deleted), each as
+/// large as the content's average value. Counting takes a tenth of what
+/// loading costs.
+fn history_of(doc: &Automerge, json: &str) -> usize {
+    let stats = doc.stats();
+    let live_values = json::count_values(json).max(1);
+    let past_values = stats.num_ops.saturating_sub(live_values);
+    let past_bytes = past_values.saturating_mul(json.len() as u64) / live_values;
+    CHANGE_BYTES * stats.num_changes as usize + usize::try_from(past_bytes).unwrap_or(usize::MAX)
 }
 
 type SharedDoc = Arc<Mutex<CachedDoc>>;
@@ -828,6 +835,7 @@ impl DocumentStore {
         // changes; it is compacted into one snapshot once they outgrow it.
         let limit = record.snapshot_bytes.max(COMPACT_AFTER_BYTES);
         let created = chunk.is_some();
+        let mut reload = None;
         let increment = match chunk {
             _ if record.incremental_bytes > limit => None,
             Some(chunk) => {
@@ -853,23 +861,20 @@ impl DocumentStore {
                     ops.push((key.chunk_key(seq), None));
                 }
                 let snapshot = cached.loaded()?.save();
+                record.snapshot_bytes = snapshot.len() as u64;
+                record.incremental_bytes = 0;
+                record.chunk_count = 1;
+                ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&snapshot))));
                 if received && increment.is_some() {
                     // Applying the peer's change cost that quadratic memory
                     // (Automerge applies a change's operations in key order,
                     // whatever order they were made in) and keeps it until
                     // the document's next edit; the snapshot loads without it.
-                    let reloaded = Automerge::load(&snapshot)?;
-                    cached.history_bytes = history_of(&reloaded);
-                    cached.doc = Doc::Loaded(Box::new(reloaded));
-                    cached.edited = false;
+                    reload = Some(snapshot);
                 } else {
                     // This write's own changes, as far as known without encoding them.
                     cached.history_bytes += increment.map_or(CHANGE_BYTES, |(_, history)| history);
                 }
-                record.snapshot_bytes = snapshot.len() as u64;
-                record.incremental_bytes = 0;
-                record.chunk_count = 1;
-                ops.push((key.chunk_key(record.next_seq), Some(self.seal_value(&snapshot))));
             }
         }
         record.next_seq += 1;
@@ -887,6 +892,12 @@ impl DocumentStore {
             };
             serde_json::to_string(&content).expect("JSON maps serialise")
         };
+        if let Some(snapshot) = reload {
+            let reloaded = Automerge::load(&snapshot)?;
+            cached.history_bytes = history_of(&reloaded, &record.json);
+            cached.doc = Doc::Loaded(Box::new(reloaded));
+            cached.edited = false;
+        }
         let json = (!record.deleted).then(|| Arc::from(record.json.as_str()));
         Ok(Prepared { ops, record, json })
     }
@@ -954,7 +965,7 @@ impl DocumentStore {
         self.inner.cache.get_or_load(key, || match self.record(key)? {
             Some(record) => {
                 let doc = self.read_chunks(key)?;
-                let history = history_of(&doc);
+                let history = history_of(&doc, &record.json);
                 Ok(CachedDoc::new(Doc::Loaded(Box::new(doc)), record, history))
             }
             None => Ok(CachedDoc::new(Doc::Genesis, DocRecord::default(), 0)),
