@@ -226,50 +226,50 @@ fn materialize_value<R: ReadDoc>(doc: &R, value: Value<'_>, id: &ObjId) -> Resul
 /// How many values (objects, arrays, scalars) the JSON text holds, the
 /// outermost included; each is one live operation of the document. Counted
 /// without building them; text that does not parse counts as nothing.
-pub fn count_values(json_text: &str) -> u64 {
+pub fn count_values(json_text: &str) -> usize {
     use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 
     /// Deserializes any value, returning how many it held.
     struct Count;
 
     impl<'de> serde::de::DeserializeSeed<'de> for Count {
-        type Value = u64;
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<u64, D::Error> {
+        type Value = usize;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<usize, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
 
     impl<'de> Visitor<'de> for Count {
-        type Value = u64;
+        type Value = usize;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("any JSON value")
         }
-        fn visit_bool<E>(self, _: bool) -> std::result::Result<u64, E> {
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<usize, E> {
             Ok(1)
         }
-        fn visit_i64<E>(self, _: i64) -> std::result::Result<u64, E> {
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<usize, E> {
             Ok(1)
         }
-        fn visit_u64<E>(self, _: u64) -> std::result::Result<u64, E> {
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<usize, E> {
             Ok(1)
         }
-        fn visit_f64<E>(self, _: f64) -> std::result::Result<u64, E> {
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<usize, E> {
             Ok(1)
         }
-        fn visit_str<E>(self, _: &str) -> std::result::Result<u64, E> {
+        fn visit_str<E>(self, _: &str) -> std::result::Result<usize, E> {
             Ok(1)
         }
-        fn visit_unit<E>(self) -> std::result::Result<u64, E> {
+        fn visit_unit<E>(self) -> std::result::Result<usize, E> {
             Ok(1)
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> std::result::Result<u64, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> std::result::Result<usize, A::Error> {
             let mut count = 1;
             while let Some(inner) = items.next_element_seed(Count)? {
                 count += inner;
             }
             Ok(count)
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> std::result::Result<u64, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> std::result::Result<usize, A::Error> {
             let mut count = 1;
             while fields.next_key::<serde::de::IgnoredAny>()?.is_some() {
                 count += fields.next_value_seed(Count)?;
