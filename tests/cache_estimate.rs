@@ -85,14 +85,9 @@ async fn estimate_against_heap(shape: &str, writes: Vec<(DocKey, Value)>) {
 /// the heap they took, and the cache's estimate of them.
 fn loading_heap(shape: &str, dir: &tempfile::TempDir, keys: &[DocKey]) -> (f64, f64) {
     let store = open_store(&unbounded(dir));
-
-    // Before measuring, let sled free on this thread what reopening left
-    // behind (its memory is reclaimed by whichever thread uses it next), and
-    // read every record once, so that the pages sled keeps of them are in
+    settle(&store);
+    // Read every record once, so that the pages sled keeps of them are in
     // its own page cache, bounded apart from the document cache.
-    for _ in 0..4096 {
-        store.get("warm-up", "absent").unwrap();
-    }
     for key in keys {
         store.get(&key.collection, &key.doc_id).unwrap();
     }
@@ -112,6 +107,15 @@ fn loading_heap(shape: &str, dir: &tempfile::TempDir, keys: &[DocKey]) -> (f64, 
         estimated / heap
     );
     (heap, estimated)
+}
+
+/// Before measuring a reopened store: lets sled free on this thread what
+/// reopening left behind (its memory is reclaimed by whichever thread uses
+/// it next).
+fn settle(store: &DocumentStore) {
+    for _ in 0..4096 {
+        store.get("warm-up", "absent").unwrap();
+    }
 }
 
 /// Syncs `key` from store `a` to store `b` until neither has more to send,
@@ -187,9 +191,7 @@ async fn whole_edit_against_heap(shape: &str, before: Value, after: Value) {
     }
     drop(store);
     let store = open_store(&unbounded(&dir));
-    for _ in 0..4096 {
-        store.get("warm-up", "absent").unwrap();
-    }
+    settle(&store);
     store.generate_sync_message(&key, &mut sync::State::new()).unwrap();
     let after = after.to_string();
 
